@@ -1,0 +1,1 @@
+"""coursegrader: the course's notebook pipeline and grading side (on nbgrader's format)."""
