@@ -9,9 +9,6 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
-from torch import nn
-
 from llmcourse.finetune import (
     LoRALinear,
     apply_lora,
@@ -26,6 +23,8 @@ from llmcourse.finetune import (
 )
 from llmcourse.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from llmcourse.models.gpt import GPT, GPTConfig
+from safetensors.torch import load_file
+from torch import nn
 
 
 class Attn(nn.Module):
@@ -111,8 +110,14 @@ def test_dropout_only_on_lora_path():
 @pytest.mark.parametrize(
     "patterns, expected",
     [
-        (["q_proj", "v_proj"], ["layers.0.q_proj", "layers.0.v_proj", "layers.1.q_proj", "layers.1.v_proj"]),
-        ("layers.1.*", ["layers.1.q_proj", "layers.1.k_proj", "layers.1.v_proj", "layers.1.o_proj"]),
+        (
+            ["q_proj", "v_proj"],
+            ["layers.0.q_proj", "layers.0.v_proj", "layers.1.q_proj", "layers.1.v_proj"],
+        ),
+        (
+            "layers.1.*",
+            ["layers.1.q_proj", "layers.1.k_proj", "layers.1.v_proj", "layers.1.o_proj"],
+        ),
         (re.compile(r"layers\.0\.[qk]_proj"), ["layers.0.q_proj", "layers.0.k_proj"]),
     ],
 )
@@ -214,7 +219,12 @@ def test_lora_on_the_course_gpt_trains_only_adapters():
     idx = torch.randint(0, 11, (2, 8))
     before = model(idx).logits
     names = apply_lora(model, ["attn.qkv", "attn.out"], r=4, alpha=8)
-    assert names == ["blocks.0.attn.qkv", "blocks.0.attn.out", "blocks.1.attn.qkv", "blocks.1.attn.out"]
+    assert names == [
+        "blocks.0.attn.qkv",
+        "blocks.0.attn.out",
+        "blocks.1.attn.qkv",
+        "blocks.1.attn.out",
+    ]
     assert torch.equal(model(idx).logits, before)
     count = count_trainable(model)
     assert count.trainable == 2 * (lora_param_count(16, 48, 4) + lora_param_count(16, 16, 4))

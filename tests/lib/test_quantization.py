@@ -5,8 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
 from llmcourse.finetune import (
     NF4_CODE,
     Linear4bit,
@@ -30,6 +28,7 @@ from llmcourse.finetune.quantization import (
     quantize_blockwise_int8,
 )
 from llmcourse.models.gpt import GPT, GPTConfig
+from torch import nn
 
 
 def test_nf4_codebook_is_the_published_one_and_follows_from_normal_quantiles():
@@ -176,7 +175,9 @@ def test_quantized_linear_close_to_float_and_state_dict_roundtrip(cls, tol):
 
 def test_quantize_model_memory_and_refusals():
     torch.manual_seed(7)
-    model = nn.Sequential(nn.Linear(512, 512, bias=False), nn.ReLU(), nn.Linear(512, 512, bias=False))
+    model = nn.Sequential(
+        nn.Linear(512, 512, bias=False), nn.ReLU(), nn.Linear(512, 512, bias=False)
+    )
     full = model_nbytes(model)
     assert full == 2 * 512 * 512 * 4
     x = torch.randn(4, 512)
@@ -241,6 +242,9 @@ def test_prepare_qlora_on_gpt_and_memory_of_full_lora_qlora():
     trained = {n for n, p in qlora.named_parameters() if p.grad is not None}
     assert trained == {n for n in dict(qlora.named_parameters()) if "lora_" in n}
 
-    mem = {name: training_memory_bytes(m) for name, m in (("full", full), ("lora", lora), ("qlora", qlora))}
+    mem = {
+        name: training_memory_bytes(m)
+        for name, m in (("full", full), ("lora", lora), ("qlora", qlora))
+    }
     assert mem["full"] == 4 * full.num_parameters() * 4  # weights, grads, two Adam moments
     assert mem["qlora"] < mem["lora"] < mem["full"] / 3

@@ -96,4 +96,3 @@ def distillation_loss(
         student_logits.reshape(-1, v).float(), labels.reshape(-1), ignore_index=ignore_index
     )
     return alpha * soft + (1.0 - alpha) * hard
-

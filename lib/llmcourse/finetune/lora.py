@@ -99,7 +99,9 @@ class LoRALinear(nn.Module):
         # Quantized bases compute in their compute_dtype; the adapters use the same dtype.
         dtype = getattr(base, "compute_dtype", None) or base.weight.dtype
         self.lora_A = nn.Parameter(torch.empty(r, self.in_features, device=ref.device, dtype=dtype))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r, device=ref.device, dtype=dtype))
+        self.lora_B = nn.Parameter(
+            torch.zeros(self.out_features, r, device=ref.device, dtype=dtype)
+        )
         # Same init as nn.Linear's weight: U(-1/sqrt(in), 1/sqrt(in)).
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
         self.lora_dropout: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
@@ -353,7 +355,10 @@ def load_adapter(model: nn.Module, path: str | Path) -> list[str]:
                 )
             if module.merged:
                 raise ValueError(f"{where}: module {name!r} is merged; call unmerge_lora first")
-        for part, shape in (("lora_A", (spec["r"], spec["in_features"])), ("lora_B", (spec["out_features"], spec["r"]))):
+        for part, shape in (
+            ("lora_A", (spec["r"], spec["in_features"])),
+            ("lora_B", (spec["out_features"], spec["r"])),
+        ):
             key = f"{name}.{part}"
             if key not in tensors:
                 raise ValueError(f"{where}: tensor {key!r} missing from {ADAPTER_WEIGHTS}")
@@ -364,7 +369,9 @@ def load_adapter(model: nn.Module, path: str | Path) -> list[str]:
                 )
     extra = set(tensors) - {f"{n}.{p}" for n in modules for p in ("lora_A", "lora_B")}
     if extra:
-        raise ValueError(f"{where}: unexpected tensors not listed in {ADAPTER_CONFIG}: {sorted(extra)}")
+        raise ValueError(
+            f"{where}: unexpected tensors not listed in {ADAPTER_CONFIG}: {sorted(extra)}"
+        )
 
     for name, spec in modules.items():
         module = model.get_submodule(name)

@@ -132,7 +132,9 @@ def quantize_int8_absmax(x: Tensor, *, per_row: bool = False) -> Int8Quantized:
     xf = x.detach().to(torch.float32)
     if per_row:
         if xf.dim() < 2:
-            raise ValueError(f"per_row=True needs a tensor with >= 2 dims, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"per_row=True needs a tensor with >= 2 dims, got shape {tuple(x.shape)}"
+            )
         absmax = xf.abs().reshape(xf.shape[0], -1).amax(dim=1)
         step = _safe_step(absmax, 127).reshape(-1, *([1] * (xf.dim() - 1)))
     else:
@@ -251,7 +253,9 @@ class BlockwiseInt8:
         return sum(t.numel() * t.element_size() for t in (self.data, self.scale, self.offset))
 
 
-def quantize_blockwise_int8(x: Tensor, block_size: int = 256, *, center: bool = True) -> BlockwiseInt8:
+def quantize_blockwise_int8(
+    x: Tensor, block_size: int = 256, *, center: bool = True
+) -> BlockwiseInt8:
     """Absmax int8 quantization of a 1-D float tensor, one scale per block of ``block_size``.
 
     ``center=True`` subtracts the mean first: used for NF4's absmax constants, which are all
@@ -259,7 +263,9 @@ def quantize_blockwise_int8(x: Tensor, block_size: int = 256, *, center: bool = 
     """
     check_dtype(x, _FLOAT_DTYPES, "x")
     if x.dim() != 1:
-        raise ValueError(f"quantize_blockwise_int8: expected a 1-D tensor, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"quantize_blockwise_int8: expected a 1-D tensor, got shape {tuple(x.shape)}"
+        )
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     xf = x.detach().to(torch.float32)
@@ -440,7 +446,9 @@ class Linear8bit(_QuantizedLinearBase):
         )
 
     @classmethod
-    def from_linear(cls, linear: nn.Module, *, compute_dtype: torch.dtype = torch.float32) -> Linear8bit:
+    def from_linear(
+        cls, linear: nn.Module, *, compute_dtype: torch.dtype = torch.float32
+    ) -> Linear8bit:
         """Quantize a full-precision Linear (per-row absmax int8)."""
         _check_linear(linear)
         q = quantize_int8_absmax(linear.weight, per_row=True)
@@ -490,13 +498,20 @@ class Linear4bit(_QuantizedLinearBase):
         self.dq_block_size = dq_block_size
         n_blocks = math.ceil(in_features * out_features / block_size)
         self.register_buffer(
-            "weight_packed", torch.zeros(n_blocks * block_size // 2, dtype=torch.uint8, device=device)
+            "weight_packed",
+            torch.zeros(n_blocks * block_size // 2, dtype=torch.uint8, device=device),
         )
         if double_quant:
             n_dq = math.ceil(n_blocks / dq_block_size)
-            self.register_buffer("absmax_int8", torch.zeros(n_blocks, dtype=torch.int8, device=device))
-            self.register_buffer("absmax_scale", torch.ones(n_dq, dtype=torch.float32, device=device))
-            self.register_buffer("absmax_offset", torch.zeros((), dtype=torch.float32, device=device))
+            self.register_buffer(
+                "absmax_int8", torch.zeros(n_blocks, dtype=torch.int8, device=device)
+            )
+            self.register_buffer(
+                "absmax_scale", torch.ones(n_dq, dtype=torch.float32, device=device)
+            )
+            self.register_buffer(
+                "absmax_offset", torch.zeros((), dtype=torch.float32, device=device)
+            )
         else:
             self.register_buffer("absmax", torch.ones(n_blocks, dtype=torch.float32, device=device))
 

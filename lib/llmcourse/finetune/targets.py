@@ -84,9 +84,7 @@ def find_modules(
     ]
     if not names:
         type_names = (
-            types.__name__
-            if isinstance(types, type)
-            else " or ".join(t.__name__ for t in types)
+            types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
         )
         candidates = [n for n, m in model.named_modules() if n and isinstance(m, types)]
         shown = ", ".join(candidates[:12]) + (" ..." if len(candidates) > 12 else "")

@@ -51,7 +51,7 @@ def attach_texts(
 ) -> list[SearchResult]:
     """Build :class:`SearchResult` objects, looking texts and metadata up by index."""
     out = []
-    for i, s in zip(indices, scores):
+    for i, s in zip(indices, scores, strict=True):
         i = int(i)
         out.append(
             SearchResult(

@@ -95,7 +95,9 @@ class BM25:
             raise ValueError(f"BM25 needs k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
         for name, seq in (("texts", texts), ("metadata", metadata)):
             if seq is not None and len(seq) != len(corpus):
-                raise ValueError(f"{name} has {len(seq)} items but the corpus has {len(corpus)} documents")
+                raise ValueError(
+                    f"{name} has {len(seq)} items but the corpus has {len(corpus)} documents"
+                )
         self.k1, self.b, self.epsilon = float(k1), float(b), float(epsilon)
         self.texts = None if texts is None else list(texts)
         self.metadata = None if metadata is None else list(metadata)
@@ -113,7 +115,11 @@ class BM25:
     ) -> BM25:
         """Tokenise ``texts`` with ``tokenizer`` and index them (``kwargs``: k1, b, epsilon)."""
         return cls(
-            [tokenizer(t) for t in texts], texts=texts, metadata=metadata, tokenizer=tokenizer, **kwargs
+            [tokenizer(t) for t in texts],
+            texts=texts,
+            metadata=metadata,
+            tokenizer=tokenizer,
+            **kwargs,
         )
 
     # ----------------------------------------------------------------- index construction

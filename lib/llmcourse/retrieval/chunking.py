@@ -114,7 +114,9 @@ def _make_chunks(
     return [Chunk(text[s:e], doc_id, s, e, dict(meta)) for s, e in spans if e > s]
 
 
-def _split_by_length(text: str, start: int, end: int, max_size: int, length_fn: LengthFn) -> list[Span]:
+def _split_by_length(
+    text: str, start: int, end: int, max_size: int, length_fn: LengthFn
+) -> list[Span]:
     """Cut ``text[start:end]`` into pieces of at most ``max_size`` (per ``length_fn``).
 
     Each piece is as long as allowed, then pulled back to the last whitespace in its second
@@ -241,7 +243,9 @@ def split_paragraphs(text: str, start: int = 0, end: int | None = None) -> list[
 # --------------------------------------------------------------------------- chunkers
 
 
-def chunk_fixed(text: str, size: int, overlap: int = 0, doc_id: Hashable | None = None) -> list[Chunk]:
+def chunk_fixed(
+    text: str, size: int, overlap: int = 0, doc_id: Hashable | None = None
+) -> list[Chunk]:
     """Windows of ``size`` characters; neighbours share ``overlap`` characters.
 
     Window ``i`` covers ``[i * (size - overlap), i * (size - overlap) + size)``; the last one
@@ -260,7 +264,9 @@ def chunk_fixed(text: str, size: int, overlap: int = 0, doc_id: Hashable | None 
     return _make_chunks(text, spans, doc_id)
 
 
-def _token_char_offsets(text: str, ids: Sequence[int], decode: Callable[[list[int]], str], positions: Iterable[int]) -> dict[int, int]:
+def _token_char_offsets(
+    text: str, ids: Sequence[int], decode: Callable[[list[int]], str], positions: Iterable[int]
+) -> dict[int, int]:
     """Map token positions to character offsets by decoding the pieces between them.
 
     A position that falls inside a character (a byte-level BPE token holding half of a
@@ -332,7 +338,7 @@ def chunk_tokens(
         raise ValueError("chunk_tokens needs a tokenizer or an offsets_fn")
     return [
         Chunk(text[s:e], doc_id, s, e, {"token_start": a, "token_end": b})
-        for (s, e), (a, b) in zip(spans, windows)
+        for (s, e), (a, b) in zip(spans, windows, strict=True)
         if e > s
     ]
 
@@ -371,7 +377,9 @@ def chunk_sentences(
     return _make_chunks(text, spans, doc_id)
 
 
-def _paragraph_spans(text: str, start: int, end: int, max_size: int, length_fn: LengthFn) -> list[Span]:
+def _paragraph_spans(
+    text: str, start: int, end: int, max_size: int, length_fn: LengthFn
+) -> list[Span]:
     """Pack the paragraphs of ``text[start:end]``; long paragraphs fall back to sentences."""
 
     def split_sentence(s: int, e: int) -> list[Span]:

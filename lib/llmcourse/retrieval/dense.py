@@ -31,7 +31,9 @@ class Embedder(Protocol):
     def encode(self, texts: list[str]) -> torch.Tensor: ...
 
 
-def encode_checked(embedder: Embedder, texts: Sequence[str], normalize: bool = True) -> torch.Tensor:
+def encode_checked(
+    embedder: Embedder, texts: Sequence[str], normalize: bool = True
+) -> torch.Tensor:
     """``embedder.encode(texts)`` with its output checked: (N, d) float32 on the CPU.
 
     Raises ``ShapeError`` when the embedder returns the wrong number of rows or dims, and
@@ -63,7 +65,9 @@ class HashingEmbedder:
     not Python's salted ``hash``).
     """
 
-    def __init__(self, dim: int = 256, ngram_range: tuple[int, int] = (3, 4), word_weight: float = 1.0) -> None:
+    def __init__(
+        self, dim: int = 256, ngram_range: tuple[int, int] = (3, 4), word_weight: float = 1.0
+    ) -> None:
         if dim < 1:
             raise ValueError(f"dim must be positive, got {dim}")
         lo, hi = ngram_range
@@ -143,9 +147,17 @@ class DenseRetriever:
     :class:`SearchResult` with ``index`` = position of the text in insertion order.
     """
 
-    def __init__(self, embedder: Embedder, index: ExactIndex | IVFIndex | None = None, *, batch_size: int = 64) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        index: ExactIndex | IVFIndex | None = None,
+        *,
+        batch_size: int = 64,
+    ) -> None:
         if not isinstance(embedder, Embedder):
-            raise TypeError(f"embedder must have an encode(list[str]) method, got {type(embedder).__name__}")
+            raise TypeError(
+                f"embedder must have an encode(list[str]) method, got {type(embedder).__name__}"
+            )
         self.embedder = embedder
         self.index = index
         self.batch_size = batch_size
@@ -171,7 +183,8 @@ class DenseRetriever:
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """Embed texts in batches: (N, d) float32, unit rows."""
         parts = [
-            encode_checked(self.embedder, texts[s : s + self.batch_size]) for s in range(0, len(texts), self.batch_size)
+            encode_checked(self.embedder, texts[s : s + self.batch_size])
+            for s in range(0, len(texts), self.batch_size)
         ]
         if not parts:
             raise ValueError("no texts to embed")
@@ -203,7 +216,11 @@ class DenseRetriever:
             raise RuntimeError("the retriever is empty: call add(texts) first")
         hits = self.index.search(self.embed(list(queries)), k)
         out = []
-        for scores, ids in zip(hits.scores.tolist(), hits.ids.tolist()):
-            pairs = [(i, s) for i, s in zip(ids, scores) if i >= 0]
-            out.append(attach_texts([i for i, _ in pairs], [s for _, s in pairs], self.texts, self.metadata))
+        for scores, ids in zip(hits.scores.tolist(), hits.ids.tolist(), strict=True):
+            pairs = [(i, s) for i, s in zip(ids, scores, strict=True) if i >= 0]
+            out.append(
+                attach_texts(
+                    [i for i, _ in pairs], [s for _, s in pairs], self.texts, self.metadata
+                )
+            )
         return out

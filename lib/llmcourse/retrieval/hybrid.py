@@ -62,7 +62,7 @@ def reciprocal_rank_fusion(
         raise ValueError(f"got {len(rankings)} rankings but {len(weights)} weights")
     scores: dict[Hashable, float] = {}
     best_rank: dict[Hashable, int] = {}
-    for ranking, w in zip(rankings, weights):
+    for ranking, w in zip(rankings, weights, strict=True):
         if len(set(ranking)) != len(ranking):
             raise ValueError("a ranking lists the same id twice; deduplicate it first")
         for rank, doc in enumerate(ranking, start=1):
@@ -118,7 +118,9 @@ def mmr(
 class Reranker(Protocol):
     """Re-scores candidate texts for a query: ``rerank(query, texts) -> [(position, score)]``."""
 
-    def rerank(self, query: str, texts: Sequence[str], top_k: int | None = None) -> list[tuple[int, float]]:
+    def rerank(
+        self, query: str, texts: Sequence[str], top_k: int | None = None
+    ) -> list[tuple[int, float]]:
         """Positions into ``texts`` with new scores, best first (at most ``top_k``)."""
         ...
 
@@ -139,7 +141,9 @@ class EmbeddingReranker:
     def __init__(self, embedder: Embedder) -> None:
         self.embedder = embedder
 
-    def rerank(self, query: str, texts: Sequence[str], top_k: int | None = None) -> list[tuple[int, float]]:
+    def rerank(
+        self, query: str, texts: Sequence[str], top_k: int | None = None
+    ) -> list[tuple[int, float]]:
         if not texts:
             return []
         emb = encode_checked(self.embedder, [query, *texts])  # (1 + N, d)
@@ -167,7 +171,9 @@ class MaxSimReranker:
         self.embedder, self.alpha = embedder, alpha
         self.splitter = splitter or (lambda t: [t[s:e] for s, e in split_sentences(t)] or [t])
 
-    def rerank(self, query: str, texts: Sequence[str], top_k: int | None = None) -> list[tuple[int, float]]:
+    def rerank(
+        self, query: str, texts: Sequence[str], top_k: int | None = None
+    ) -> list[tuple[int, float]]:
         if not texts:
             return []
         sentences: list[str] = []
@@ -205,7 +211,11 @@ class HybridRetriever:
         if not retrievers:
             raise ValueError("HybridRetriever needs at least one retriever")
         self.retrievers = list(retrievers)
-        self.k_rrf, self.weights, self.candidates = k_rrf, weights, check_k(candidates, "candidates")
+        self.k_rrf, self.weights, self.candidates = (
+            k_rrf,
+            weights,
+            check_k(candidates, "candidates"),
+        )
 
     def search(self, query: str, k: int = 10) -> list[SearchResult]:
         check_k(k)
@@ -214,9 +224,12 @@ class HybridRetriever:
         for run in runs:
             for res in run:
                 by_index.setdefault(res.index, res)
-        fused = reciprocal_rank_fusion([[r.index for r in run] for run in runs], self.k_rrf, self.weights, k)
+        fused = reciprocal_rank_fusion(
+            [[r.index for r in run] for run in runs], self.k_rrf, self.weights, k
+        )
         return [
-            SearchResult(int(i), score, by_index[int(i)].text, dict(by_index[int(i)].metadata)) for i, score in fused
+            SearchResult(int(i), score, by_index[int(i)].text, dict(by_index[int(i)].metadata))
+            for i, score in fused
         ]
 
 
@@ -231,6 +244,11 @@ class RerankedRetriever:
         check_k(k)
         first = self.retriever.search(query, max(k, self.candidates))
         if any(r.text is None for r in first):
-            raise ValueError("reranking needs texts: build the first-stage retriever with its texts")
+            raise ValueError(
+                "reranking needs texts: build the first-stage retriever with its texts"
+            )
         order = self.reranker.rerank(query, [r.text or "" for r in first], top_k=k)
-        return [SearchResult(first[i].index, s, first[i].text, dict(first[i].metadata)) for i, s in order]
+        return [
+            SearchResult(first[i].index, s, first[i].text, dict(first[i].metadata))
+            for i, s in order
+        ]

@@ -63,10 +63,14 @@ def _as_matrix(x: Any, dim: int, name: str) -> torch.Tensor:
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor or numpy array, got {type(x).__name__}")
     if x.ndim == 1:
-        raise ShapeError(f"{name}: expected 2 dims (N, {dim}), got shape {tuple(x.shape)}; use x[None] for one vector")
+        raise ShapeError(
+            f"{name}: expected 2 dims (N, {dim}), got shape {tuple(x.shape)}; use x[None] for one vector"
+        )
     check_shape(x, (None, dim), name)
     if not x.is_floating_point():
-        raise TypeError(f"{name}: expected a float tensor, got dtype {x.dtype}; convert with .float()")
+        raise TypeError(
+            f"{name}: expected a float tensor, got dtype {x.dtype}; convert with .float()"
+        )
     return x.float()
 
 
@@ -130,7 +134,9 @@ class _TorchIndex:
         new = new.to(self.device)
         both = torch.cat([self.ids, new])
         if torch.unique(both).shape[0] != both.shape[0]:
-            raise ValueError("ids must be unique: some of the new ids are repeated or already in the index")
+            raise ValueError(
+                "ids must be unique: some of the new ids are repeated or already in the index"
+            )
         return new
 
     # ----------------------------------------------------------------- persistence
@@ -147,7 +153,12 @@ class _TorchIndex:
         path.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self._tensors().items()}
         save_file(tensors, str(path / "index.safetensors"))
-        meta = {"format": _FORMAT, "version": _VERSION, "type": type(self).__name__, **self._config()}
+        meta = {
+            "format": _FORMAT,
+            "version": _VERSION,
+            "type": type(self).__name__,
+            **self._config(),
+        }
         (path / "index.json").write_text(json.dumps(meta, indent=2))
         return path
 
@@ -156,7 +167,9 @@ class _TorchIndex:
         """Read an index written by :meth:`save` (it must be of this class)."""
         index = load_index(path, device)
         if not isinstance(index, cls):
-            raise TypeError(f"{path} holds a {type(index).__name__}, not a {cls.__name__}; use load_index")
+            raise TypeError(
+                f"{path} holds a {type(index).__name__}, not a {cls.__name__}; use load_index"
+            )
         return index
 
 
@@ -284,10 +297,14 @@ class IVFIndex(_TorchIndex):
     def add(self, vectors: Any, ids: Any = None) -> torch.Tensor:
         """Assign (N, d) vectors to their nearest lists and store them. Returns the new ids."""
         if self.centroids is None:
-            raise RuntimeError("IVFIndex is not trained: call train(vectors) first, or use IVFIndex.build")
+            raise RuntimeError(
+                "IVFIndex is not trained: call train(vectors) first, or use IVFIndex.build"
+            )
         x = self._prepare(vectors, "vectors")
         new = self._new_ids(x.shape[0], ids)
-        old_labels = torch.repeat_interleave(torch.arange(self.nlist, device=self.device), self.list_sizes)
+        old_labels = torch.repeat_interleave(
+            torch.arange(self.nlist, device=self.device), self.list_sizes
+        )
         labels = torch.cat([old_labels, assign(x, self.centroids)])
         order = torch.sort(labels, stable=True).indices  # keeps insertion order inside a list
         self.vectors = torch.cat([self.vectors, x])[order]
@@ -302,10 +319,14 @@ class IVFIndex(_TorchIndex):
         check_k(k)
         nprobe = min(check_k(nprobe if nprobe is not None else self.nprobe, "nprobe"), self.nlist)
         if self.centroids is None:
-            raise RuntimeError("IVFIndex is not trained: call train(vectors) and add(vectors) first")
+            raise RuntimeError(
+                "IVFIndex is not trained: call train(vectors) and add(vectors) first"
+            )
         q = self._prepare(queries, "queries")
         n_q = q.shape[0]
-        probe = _sq_dists(q, self.centroids).topk(nprobe, dim=1, largest=False).indices  # (Q, nprobe)
+        probe = (
+            _sq_dists(q, self.centroids).topk(nprobe, dim=1, largest=False).indices
+        )  # (Q, nprobe)
         cand_s = q.new_full((n_q, nprobe, k), float("-inf"))
         cand_i = torch.full((n_q, nprobe, k), -1, dtype=torch.int64, device=self.device)
         offsets = self.offsets.tolist()
@@ -350,9 +371,13 @@ def load_index(path: str | Path, device: str | torch.device = "cpu") -> ExactInd
             raise FileNotFoundError(f"{f} not found: expected a folder written by index.save(path)")
     meta = json.loads(meta_file.read_text())
     if meta.get("format") != _FORMAT:
-        raise ValueError(f"{meta_file} is not an llmcourse vector index (format={meta.get('format')!r})")
+        raise ValueError(
+            f"{meta_file} is not an llmcourse vector index (format={meta.get('format')!r})"
+        )
     if meta.get("version") != _VERSION:
-        raise ValueError(f"{meta_file}: unsupported version {meta.get('version')}, this library reads {_VERSION}")
+        raise ValueError(
+            f"{meta_file}: unsupported version {meta.get('version')}, this library reads {_VERSION}"
+        )
     tensors = load_file(str(tensor_file), device=str(resolve_device(device)))
     kind = meta["type"]
     if kind == "ExactIndex":
@@ -423,7 +448,9 @@ class FaissIndex:
     Not persisted by this library: keep the vectors in an :class:`ExactIndex` for saving.
     """
 
-    def __init__(self, dim: int, metric: Metric = "cosine", *, nlist: int | None = None, nprobe: int = 8) -> None:
+    def __init__(
+        self, dim: int, metric: Metric = "cosine", *, nlist: int | None = None, nprobe: int = 8
+    ) -> None:
         faiss = _import_faiss()
         if metric not in ("cosine", "ip"):
             raise ValueError(f"metric must be 'cosine' or 'ip', got {metric!r}")
@@ -432,7 +459,9 @@ class FaissIndex:
             self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         else:
             self._quantizer = faiss.IndexFlatL2(dim)  # kept alive: the IVF index refers to it
-            self._index = faiss.IndexIVFFlat(self._quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            self._index = faiss.IndexIVFFlat(
+                self._quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT
+            )
             self._index.nprobe = nprobe
 
     def __len__(self) -> int:
@@ -452,7 +481,11 @@ class FaissIndex:
         """Append (N, d) vectors with int64 ids (default: consecutive). Returns the ids."""
         x = self._prepare(vectors, "vectors")
         start = len(self)
-        new = np.arange(start, start + x.shape[0], dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
+        new = (
+            np.arange(start, start + x.shape[0], dtype=np.int64)
+            if ids is None
+            else np.asarray(ids, dtype=np.int64)
+        )
         self._index.add_with_ids(x, new)
         return torch.from_numpy(new)
 

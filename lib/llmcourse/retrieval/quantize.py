@@ -77,7 +77,9 @@ def unpack_bits(packed: torch.Tensor, dim: int) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: (..., ceil(dim / 8)) uint8 -> (..., dim) uint8 of 0/1."""
     check_dtype(packed, (torch.uint8,), "packed")
     if packed.shape[-1] != (dim + 7) // 8:
-        raise ShapeError(f"packed: expected last dim {(dim + 7) // 8} for dim={dim}, got {packed.shape[-1]}")
+        raise ShapeError(
+            f"packed: expected last dim {(dim + 7) // 8} for dim={dim}, got {packed.shape[-1]}"
+        )
     weights = _BIT_WEIGHTS.to(packed.device)
     bits = (packed.unsqueeze(-1) & weights) > 0  # (..., B, 8)
     return bits.reshape(*packed.shape[:-1], -1)[..., :dim].to(torch.uint8)
@@ -176,7 +178,12 @@ class BinaryIndex:
         rescore_multiplier: candidates fetched by Hamming distance = ``k * rescore_multiplier``.
     """
 
-    def __init__(self, dim: int, rescore: Literal["binary", "int8", "float"] | None = "binary", rescore_multiplier: int = 4) -> None:
+    def __init__(
+        self,
+        dim: int,
+        rescore: Literal["binary", "int8", "float"] | None = "binary",
+        rescore_multiplier: int = 4,
+    ) -> None:
         if rescore not in ("binary", "int8", "float", None):
             raise ValueError(f"rescore must be 'binary', 'int8', 'float' or None, got {rescore!r}")
         self.dim, self.rescore = dim, rescore
@@ -244,7 +251,7 @@ class BinaryIndex:
         return SearchHits(top, cand.gather(1, pos))
 
 
-def embedding_bytes(dim: int, precision: Precision = "float32") -> float:
+def embedding_bytes(dim: int, precision: Precision = "float32") -> int:
     """Bytes to store one ``dim``-dimensional embedding (binary rounds up to whole bytes).
 
     ``embedding_bytes(768, "float32") = 3072``, ``"int8"`` -> 768, ``"binary"`` -> 96.

@@ -416,13 +416,16 @@ class WordPiece:
 
 
 def _longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:
-    """Lengths after removing tokens from the longer segment first until ``a + b <= budget``."""
+    """Segment lengths after "longest first" truncation to ``len_a + len_b <= budget``.
+
+    Tokens come off the longer segment until both are equally long, then off both in turn:
+    the shorter segment keeps ``min(its length, budget // 2)`` and the longer one the rest
+    (on a tie the second segment counts as the longer), as in Hugging Face tokenizers.
+    """
     if len_a + len_b <= budget:
         return len_a, len_b
-    short, long_ = sorted((len_a, len_b))
-    keep_long = max(budget - short, min(long_, (budget + 1) // 2)) if short < budget else 0
-    keep_short = budget - keep_long
-    keep_short = min(short, keep_short)
-    if len_a <= len_b:
-        return keep_short, keep_long
-    return keep_long, keep_short
+    if len_a > len_b:
+        keep_b = min(len_b, budget // 2)
+        return budget - keep_b, keep_b
+    keep_a = min(len_a, budget // 2)
+    return keep_a, budget - keep_a
