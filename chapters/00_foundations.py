@@ -11,7 +11,7 @@
 #     name: python3
 # ---
 
-# %% tags=["hide-input", "colab-setup"]
+# %% tags=["remove-cell", "colab-setup"]
 # Setup: in Google Colab this installs the course library; elsewhere it does nothing.
 import importlib.util, subprocess, sys
 NEEDS = "0.1.0"

@@ -47,7 +47,7 @@ if "google.colab" in sys.modules:
               else "- please restart the runtime (Runtime > Restart session) once.")'''
     cell = nbformat.v4.new_code_cell(code)
     cell["id"] = SETUP_CELL_ID
-    cell["metadata"] = {"tags": ["hide-input", "colab-setup"]}
+    cell["metadata"] = {"tags": ["remove-cell", "colab-setup"]}
     return cell
 
 

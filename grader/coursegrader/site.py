@@ -23,7 +23,36 @@ from .execute import ExecutionResult, execute_all
 from .generate import instructor_notebook, student_notebook
 from .project import find_root, read_config, repository
 
-STAGED_TOP_LEVEL = ("_toc.yml", "book")
+MATHJAX_VERSION = "3.2.2"
+MATHJAX_CDN = f"https://cdn.jsdelivr.net/npm/mathjax@{MATHJAX_VERSION}/es5/tex-mml-chtml.js"
+
+
+def vendor_mathjax(root: Path) -> Path | None:
+    """A local copy of MathJax (fetched once from the npm registry with ``npm pack``), so the
+    site typesets math offline. Returns its ``es5`` folder, or None when npm is unavailable
+    (the site then loads MathJax from a CDN)."""
+    folder = root / "_build" / "vendor" / f"mathjax-{MATHJAX_VERSION}"
+    es5 = folder / "package" / "es5"
+    if (es5 / "tex-mml-chtml.js").is_file():
+        return es5
+    npm = shutil.which("npm")
+    if npm is None:
+        return None
+    folder.mkdir(parents=True, exist_ok=True)
+    packed = subprocess.run([npm, "pack", f"mathjax@{MATHJAX_VERSION}", "--silent"], cwd=folder,
+                            capture_output=True, text=True, timeout=300)
+    tarballs = list(folder.glob("mathjax-*.tgz"))
+    if packed.returncode != 0 or not tarballs:
+        print(f"note: could not fetch MathJax with npm ({packed.stderr.strip()[:200]}); using the CDN")
+        return None
+    import tarfile
+
+    with tarfile.open(tarballs[0]) as archive:
+        try:
+            archive.extractall(folder, filter="data")
+        except TypeError:  # Python < 3.10.12 has no extraction filters
+            archive.extractall(folder)
+    return es5 if (es5 / "tex-mml-chtml.js").is_file() else None
 
 
 def merge_outputs(student: nbformat.NotebookNode, executed: nbformat.NotebookNode) -> None:
@@ -59,6 +88,15 @@ def stage(root: Path, results: list[ExecutionResult], staging: Path) -> None:
     repo = repository(root)
     config = dict(read_config(root))
     config.setdefault("execute", {})["execute_notebooks"] = "off"
+    sphinx_config = config.setdefault("sphinx", {}).setdefault("config", {})
+    mathjax = vendor_mathjax(root)
+    if mathjax is not None:
+        # html_extra_path: copied next to the pages, not injected as <script> tags like _static/*.js
+        _sync_tree(mathjax, staging / "_extra" / "mathjax")
+        sphinx_config["html_extra_path"] = ["_extra"]
+        sphinx_config["mathjax_path"] = "../mathjax/tex-mml-chtml.js"  # relative to _static/
+    else:
+        sphinx_config["mathjax_path"] = MATHJAX_CDN
     _write_if_changed(staging / "_config.yml", yaml.safe_dump(config, sort_keys=False))
     _write_if_changed(staging / "_toc.yml", (root / "_toc.yml").read_text(encoding="utf-8"))
     _sync_tree(root / "book", staging / "book")
