@@ -113,6 +113,26 @@ def stage(root: Path, results: list[ExecutionResult], staging: Path) -> None:
         _write_if_changed(staging / "chapters" / f"{path.stem}.ipynb", nbformat.writes(student))
 
 
+def sphinx_build(staging: Path, html: Path) -> None:
+    """Jupyter Book's Sphinx configuration, then ``sphinx-build``.
+
+    ``jupyter-book config sphinx`` turns ``_config.yml`` into ``conf.py``; we drop the
+    ``sphinx_thebe`` extension (live code cells need a Binder server this course does not use, and
+    its script is injected twice, a console error on every page), then build the HTML.
+    """
+    bin_dir = Path(sys.executable).parent
+    subprocess.run([str(bin_dir / "jupyter-book"), "config", "sphinx", str(staging)], check=True,
+                   stdout=subprocess.DEVNULL)
+    conf = staging / "conf.py"
+    conf.write_text(conf.read_text(encoding="utf-8")
+                    + '\nextensions = [e for e in extensions if e != "sphinx_thebe"]\n', encoding="utf-8")
+    cmd = [str(bin_dir / "sphinx-build"), "-b", "html", "-W", "--keep-going", "-n", "-q",
+           "-d", str(html.parent / ".doctrees"), str(staging), str(html)]
+    proc = subprocess.run(cmd, cwd=staging)
+    if proc.returncode != 0:
+        raise SystemExit(f"the website build failed (sphinx-build exit {proc.returncode}); see the warnings above")
+
+
 def build(root: Path | None = None, workers: int = 1) -> Path:
     """Execute (cached), stage and build the website; returns the HTML folder."""
     root = root or find_root()
@@ -129,11 +149,7 @@ def build(root: Path | None = None, workers: int = 1) -> Path:
     staging = root / "_build" / "book_src"
     stage(root, results, staging)
     out = root / "_build" / "site"
-    jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb), "build", str(staging), "--path-output", str(out), "-W", "-n", "--keep-going"]
-    proc = subprocess.run(cmd, cwd=root)
-    if proc.returncode != 0:
-        raise SystemExit(f"jupyter-book build failed (exit {proc.returncode}); see the log above")
+    sphinx_build(staging, out / "_build" / "html")
     html = out / "_build" / "html"
     print(f"\nWebsite built in {time.perf_counter() - start:.0f} s: open {html / 'index.html'}")
     print(f"or serve it: python -m http.server -d {html} 8000  ->  http://localhost:8000")

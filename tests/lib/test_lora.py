@@ -244,3 +244,19 @@ def test_lora_on_the_course_gpt_trains_only_adapters():
     for n, p in model.named_parameters():
         if n in frozen:
             assert torch.equal(p, frozen[n]), f"{n} is frozen but changed"
+
+
+def test_lora_on_an_untied_output_layer_read_through_weight():
+    # The GPT multiplies by lm_head.weight directly; LoRALinear.weight is the effective weight.
+    torch.manual_seed(7)
+    cfg = GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16, tie_weights=False)
+    model = GPT(cfg)
+    idx = torch.randint(0, 11, (2, 8))
+    before = model(idx).logits
+    apply_lora(model, "lm_head", r=2)
+    torch.testing.assert_close(model(idx).logits, before)
+    randomize_lora(model)
+    head = model.lm_head
+    torch.testing.assert_close(head.weight, head.base.weight + head.delta_weight())
+    model(idx, targets=idx).loss.backward()
+    assert head.lora_B.grad is not None and head.lora_B.grad.abs().sum() > 0

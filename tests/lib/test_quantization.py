@@ -248,3 +248,15 @@ def test_prepare_qlora_on_gpt_and_memory_of_full_lora_qlora():
     }
     assert mem["full"] == 4 * full.num_parameters() * 4  # weights, grads, two Adam moments
     assert mem["qlora"] < mem["lora"] < mem["full"] / 3
+
+
+def test_quantized_untied_output_layer_exposes_its_weight():
+    torch.manual_seed(10)
+    cfg = GPTConfig(vocab_size=40, block_size=8, n_layer=1, n_head=2, n_embd=64, tie_weights=False)
+    model = GPT(cfg)
+    idx = torch.randint(0, 40, (2, 8))
+    ref = model(idx).logits
+    quantize_model(model, "lm_head", "int8")
+    assert isinstance(model.lm_head, Linear8bit)
+    torch.testing.assert_close(model.lm_head.weight, model.lm_head.dequantized_weight())
+    assert (model(idx).logits - ref).norm() / ref.norm() < 0.02

@@ -25,6 +25,7 @@ grader reports for review. The instructor's guide states this limit.
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import marshal
 import os
@@ -37,6 +38,8 @@ import types
 # builtins.type changes their own namespace, not the runner's (functions capture their builtins
 # when they are created, Python >= 3.10).
 __builtins__ = dict(builtins.__dict__)
+
+_PARTIAL = functools.partial
 
 STDIN_MESSAGE = (
     "input() and sys.stdin are disabled while grading: the tests cannot type answers. "
@@ -74,6 +77,7 @@ REVIEW_EVENTS = frozenset(
 #: function attributes whose change on a course function means tampering
 CODE_ATTRS = frozenset({"__code__", "__defaults__", "__kwdefaults__"})
 STUDENT_FILE_PREFIXES = ("<solution ", "<student ")
+COURSE_FILE_PREFIXES = ("<cell ", "<test ", "<hidden ")
 
 
 class StdinDisabledError(RuntimeError):
@@ -217,8 +221,13 @@ def _guarded(name: str, prefixes: tuple) -> bool:
     return name in prefixes or name.split(".", 1)[0] in prefixes
 
 
+def _behavioural(value) -> bool:
+    """Callables and modules: what a test's result can depend on (data attributes are library state)."""
+    return callable(value) or type(value) is types.ModuleType
+
+
 def _take_snapshot(prefixes: tuple, modules: dict, ns: dict) -> list:
-    """Identity snapshot of the guarded modules: [(label, mapping, key, object, code, defaults, kwdefaults)]."""
+    """Identity snapshot of the guarded modules' callables: [(label, mapping, key, value, code, defaults, kwdefaults)]."""
     import warnings
 
     entries = []
@@ -231,14 +240,17 @@ def _take_snapshot(prefixes: tuple, modules: dict, ns: dict) -> list:
             entries.append((f"sys.modules[{modname!r}]", modules, modname, module, None, None, None))
             mapping = module.__dict__
             for key, value in list(mapping.items()):
+                if not _behavioural(value):
+                    continue
                 entries.append(_entry(f"{modname}.{key}", mapping, key, value, function))
                 if issubclass(type(value), type) and not (value.__flags__ & (1 << 9)):
                     if value.__dict__.get("__module__") != modname:
                         continue
                     cls_map = value.__dict__
                     for attr, member in list(cls_map.items()):
-                        entries.append(_entry(f"{modname}.{key}.{attr}", cls_map, attr, member, function))
-    entries.append(("__builtins__ of the notebook", ns, "__builtins__", ns.get("__builtins__"), None, None, None))
+                        if _behavioural(member) or type(member) in (staticmethod, classmethod, property):
+                            entries.append(_entry(f"{modname}.{key}.{attr}", cls_map, attr, member, function))
+    entries.append(("the notebook's __builtins__", ns, "__builtins__", ns.get("__builtins__"), None, None, None))
     return entries
 
 
@@ -248,24 +260,82 @@ def _entry(label: str, mapping, key: str, value, function) -> tuple:
     return (label, mapping, key, value, None, None, None)
 
 
-def _check_snapshot(entries: list, gettrace, getprofile, limit: int = 20) -> list[str]:
-    """Names of guarded objects that differ from the snapshot (at most ``limit``)."""
+def _file_origin(filename: str) -> str:
+    """'student' (solution or added cells), 'course' (instructor cells), 'library' (a file) or 'unknown'."""
+    if filename.startswith(STUDENT_FILE_PREFIXES):
+        return "student"
+    if filename.startswith(COURSE_FILE_PREFIXES):
+        return "course"
+    return "unknown" if filename.startswith("<") else "library"
+
+
+def _origin(obj, depth: int = 0) -> str:
+    """Where a callable's code comes from, without running any of its code."""
+    kind = type(obj)
+    if depth > 4:
+        return "unknown"
+    if kind is types.FunctionType:
+        return _file_origin(obj.__code__.co_filename)
+    if kind is types.MethodType:
+        return _origin(obj.__func__, depth + 1)
+    if kind in (staticmethod, classmethod):
+        return _origin(obj.__func__, depth + 1)
+    if kind is types.ModuleType:
+        file = obj.__dict__.get("__file__")
+        return "library" if type(file) is str and not file.startswith("<") else "unknown"
+    mro = type.__dict__["__mro__"].__get__(kind)
+    if issubclass(kind, type):  # a class: judged by the functions it defines
+        found = [_file_origin(v.__code__.co_filename) for v in obj.__dict__.values() if type(v) is types.FunctionType]
+        for verdict in ("student", "unknown", "course", "library"):
+            if verdict in found:
+                return verdict
+        return "unknown"
+    if issubclass(kind, _PARTIAL):
+        return _origin(obj.func, depth + 1)
+    for klass in mro:  # other callable objects: judged by their __call__
+        call = klass.__dict__.get("__call__")
+        if type(call) is types.FunctionType:
+            return _origin(call, depth + 1)
+    return "unknown"
+
+
+def _judge(label: str, old, new, missing) -> tuple[str, str] | None:
+    """('tamper' | 'review', text) for a replaced guarded object, or None when it is harmless."""
+    if new is missing:
+        return ("review", f"{label} was deleted")
+    origin = _origin(new)
+    if origin == "student":
+        return ("tamper", f"{label} was replaced by your code")
+    if origin in ("library", "course"):
+        if getattr(new, "__wrapped__", None) is old:
+            return None  # a library wrapping its own function (e.g. torch's lazy decorators)
+        return ("review", f"{label} was replaced by another library function")
+    return ("tamper", f"{label} was replaced by an object of unknown origin")
+
+
+def _check_snapshot(entries: list, gettrace, getprofile, limit: int = 20) -> list[list[str]]:
+    """[[verdict, text]] for guarded objects that differ from the snapshot (at most ``limit``)."""
     missing = object()
-    changed: list[str] = []
+    changed: list[list[str]] = []
     for label, mapping, key, value, code, defaults, kwdefaults in entries:
         current = mapping.get(key, missing)
         if current is not value:
-            changed.append(f"{label} was replaced" if current is not missing else f"{label} was deleted")
-        elif code is not None and (
-            value.__code__ is not code or value.__defaults__ is not defaults or value.__kwdefaults__ is not kwdefaults
-        ):
-            changed.append(f"{label} had its code or default arguments changed")
+            verdict = _judge(label, value, current, missing)
+            if verdict is not None:
+                changed.append(list(verdict))
+        elif code is not None and value.__code__ is not code:
+            origin = _file_origin(value.__code__.co_filename)
+            changed.append(["tamper" if origin in ("student", "unknown") else "review",
+                            f"the code of {label} was replaced"])
+        elif code is not None and (value.__defaults__ is not defaults or value.__kwdefaults__ is not kwdefaults):
+            changed.append(["tamper", f"the default arguments of {label} were changed"])
         if len(changed) >= limit:
             break
-    if gettrace() is not None:
-        changed.append("a trace function (sys.settrace) is active")
-    if getprofile() is not None:
-        changed.append("a profile function (sys.setprofile) is active")
+    for name, probe in (("trace", gettrace), ("profile", getprofile)):
+        active = probe()
+        if active is not None:
+            verdict = "tamper" if _origin(active) in ("student", "unknown") else "review"
+            changed.append([verdict, f"a {name} function (sys.set{name}) is active"])
     return changed
 
 
@@ -335,7 +405,7 @@ def main(argv: list[str]) -> None:
                 target, attr = args[0], args[1]
                 if attr in CODE_ATTRS and type(target) is function_type and state["kind"] != "instructor":
                     origin = target.__code__.co_filename
-                    if not origin.startswith(STUDENT_FILE_PREFIXES):
+                    if origin.startswith(COURSE_FILE_PREFIXES):
                         name = getattr(target, "__qualname__", "?")
                         send_event({"op": "audit", "seq": state["seq"], "event": "tamper.function_code",
                               "detail": f"changed {attr} of {name} (defined in {origin})"})
@@ -392,7 +462,7 @@ def main(argv: list[str]) -> None:
         before = _check_snapshot(snapshot, gettrace, getprofile) if check else []
         names_before = dict(ns)
         status, failed_part, error = "ok", None, None
-        for index, (label, filename, source) in enumerate(command["parts"]):
+        for index, (_label, filename, source) in enumerate(command["parts"]):
             lines = source.splitlines()
             state["busy"], state["interrupted"] = True, False
             try:

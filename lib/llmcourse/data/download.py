@@ -32,6 +32,8 @@ __all__ = [
     "cache_dir",
     "sha256_file",
     "fetch",
+    "download",
+    "temp_file_beside",
     "load_text",
 ]
 
@@ -121,16 +123,34 @@ def _verified(path: Path, spec: DataFile, origin: str) -> Path:
     return path
 
 
-def _download(spec: DataFile, dest: Path, timeout: float) -> None:
-    """Stream ``spec.url`` into a temp file next to ``dest``, verify it, then rename it."""
+def temp_file_beside(dest: str | Path, suffix: str = ".tmp") -> Path:
+    """An empty, uniquely named hidden file next to ``dest`` for an atomic write + rename.
+
+    Unlike a bare ``mkstemp`` file (mode 0600) it gets the usual permissions (0666 - umask),
+    so the file keeps them after the rename.
+    """
+    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    request = urllib.request.Request(spec.url, headers={"User-Agent": "llmcourse-data/1"})
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{spec.filename}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix, dir=dest.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
+    return Path(name)
+
+
+def _download_once(url: str, dest: Path, sha256: str | None, timeout: float) -> None:
+    """Stream ``url`` into a temp file next to ``dest``, verify it, then rename it."""
+    request = urllib.request.Request(url, headers={"User-Agent": "llmcourse-data/1"})
+    tmp = temp_file_beside(dest, ".part")
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
+        with open(tmp, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
             shutil.copyfileobj(resp, out, _CHUNK)
-        _verified(tmp, spec, f"downloaded from {spec.url}")
+        if sha256 is not None and (actual := sha256_file(tmp)) != sha256:
+            raise DataIntegrityError(
+                f"the file downloaded from {url} has sha256 {actual}, expected {sha256}; it is "
+                "truncated, altered or not the pinned version. Nothing was saved; try again later"
+            )
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
@@ -182,6 +202,31 @@ def fetch(name: str, *, retries: int = 3, timeout: float = 30.0, backoff: float 
             f"{spec.filename} ({name!r}) is not available locally and {OFFLINE_ENV} forbids "
             f"downloading. {how_to_fix}"
         )
+    try:
+        return download(
+            spec.url, cached, sha256=spec.sha256, retries=retries, timeout=timeout, backoff=backoff
+        )
+    except DataUnavailableError as err:
+        raise DataUnavailableError(
+            f"{spec.filename} ({name!r}): {err}. If you are offline or the URL is blocked: {how_to_fix}"
+        ) from err.__cause__
+
+
+def download(
+    url: str,
+    dest: str | Path,
+    *,
+    sha256: str | None = None,
+    retries: int = 3,
+    timeout: float = 30.0,
+    backoff: float = 1.0,
+) -> Path:
+    """Download ``url`` to ``dest`` atomically, with timeouts, retries and a sha256 check.
+
+    HTTP 4xx answers are not retried. Raises :class:`DataIntegrityError` on a hash mismatch
+    (nothing is written) and :class:`DataUnavailableError` when every attempt failed.
+    """
+    dest = Path(dest)
     last_error: BaseException | None = None
     attempts = 0
     for attempt in range(max(1, retries)):
@@ -189,18 +234,17 @@ def fetch(name: str, *, retries: int = 3, timeout: float = 30.0, backoff: float 
         if attempt:
             time.sleep(backoff * 2 ** (attempt - 1))
         try:
-            _download(spec, cached, timeout)
-            return cached
+            _download_once(url, dest, sha256, timeout)
+            return dest
         except urllib.error.HTTPError as exc:
             last_error = exc
             if 400 <= exc.code < 500:
                 break
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
             last_error = exc
+    reason = _explain(last_error) if last_error else "unknown error"
     raise DataUnavailableError(
-        f"could not download {spec.filename} ({name!r}) from {spec.url} after "
-        f"{attempts} attempt(s): {_explain(last_error) if last_error else 'unknown error'}. "
-        f"If you are offline or the URL is blocked: {how_to_fix}"
+        f"could not download {url} after {attempts} attempt(s): {reason}"
     ) from last_error
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from llmcourse.data.download import DATASETS, fetch, sha256_file
+from llmcourse.data.download import DATASETS, fetch, sha256_file, temp_file_beside
 
 __all__ = [
     "token_dtype",
@@ -61,16 +61,15 @@ def _meta_path(path: Path) -> Path:
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = temp_file_beside(path)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
 
 
 def write_tokens(

@@ -69,10 +69,11 @@ class LoRALinear(nn.Module):
 
     ``forward(x) = base(x) + (alpha / r) * dropout(x) @ A^T @ B^T``; x: (..., in) -> (..., out).
 
-    ``base`` may be an ``nn.Linear``, an ``llmcourse.nn.Linear`` or a quantized :class:`Linear4bit` / :class:`Linear8bit`
-    (which makes it QLoRA). Its parameters are frozen here. ``merge()`` adds the update into
-    ``base.weight`` (only for full-precision Linear bases) so inference costs nothing extra; ``unmerge()``
-    subtracts it again (equal up to float rounding).
+    ``base`` may be an ``nn.Linear``, an ``llmcourse.nn.Linear``, or a quantized
+    :class:`Linear4bit` / :class:`Linear8bit` (which makes it QLoRA); its parameters are
+    frozen here. ``merge()`` adds the update into ``base.weight`` (full-precision bases only)
+    so inference costs nothing extra; ``unmerge()`` subtracts it again (equal up to float
+    rounding, about 1e-7 relative in float32).
     """
 
     def __init__(self, base: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0):
@@ -110,6 +111,18 @@ class LoRALinear(nn.Module):
     def delta_weight(self) -> Tensor:
         """The update ``(alpha / r) * B @ A``: (out, in)."""
         return (self.lora_B @ self.lora_A) * self.scaling
+
+    @property
+    def weight(self) -> Tensor:
+        """The effective weight ``W + (alpha / r) B A`` (out, in); differentiable in A and B.
+
+        For code that uses ``layer.weight`` instead of calling the layer (the course GPT's
+        untied output layer does).
+        """
+        base = self.base.weight
+        if self.merged:
+            return base
+        return base + self.delta_weight().to(base.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
         y = self.base(x)  # (..., out)
@@ -179,7 +192,8 @@ def apply_lora(
     Patterns: a plain name matches a module or its suffix (``"c_attn"``), a glob the whole
     dotted name (``"blocks.*.attn.*"``), a compiled regex must ``fullmatch`` it (details in
     :mod:`llmcourse.finetune.targets`). Modules already inside a LoRA layer are skipped.
-    With ``freeze_base`` (default) every non-LoRA parameter is frozen afterwards.
+    The wrapped layers' own weights are always frozen; with ``freeze_base`` (default) every
+    other non-LoRA parameter (embeddings, norms, other layers) is frozen as well.
     Returns the names of the wrapped modules.
     """
     matched = find_modules(model, target_patterns, (LoRALinear, *_WRAPPABLE))

@@ -397,6 +397,15 @@ class _QuantizedLinearBase(nn.Module):
     def dequantized_weight(self) -> Tensor:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    @property
+    def weight(self) -> Tensor:
+        """The dequantized weight (out, in) in ``compute_dtype``, rebuilt on every access.
+
+        Lets code that reads ``layer.weight`` directly (e.g. an untied GPT output layer)
+        work with a quantized layer; it is not a parameter and receives no gradient.
+        """
+        return self.dequantized_weight().to(self.compute_dtype)
+
     def forward(self, x: Tensor) -> Tensor:
         """``x``: (..., in_features) -> (..., out_features), computed in ``compute_dtype``."""
         if x.shape[-1] != self.in_features:

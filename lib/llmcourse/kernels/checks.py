@@ -120,7 +120,9 @@ def validate_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None
     else:
         check_shape(cos, (batch, seq, dim // 2), "cos (B, T, D/2)")
     if sin.shape != cos.shape:
-        raise ShapeError(f"sin: expected the shape of cos {tuple(cos.shape)}, got {tuple(sin.shape)}")
+        raise ShapeError(
+            f"sin: expected the shape of cos {tuple(cos.shape)}, got {tuple(sin.shape)}"
+        )
     check_dtype(x, FLOAT_DTYPES, "x")
     check_dtype(cos, FLOAT_DTYPES, "cos")
     check_dtype(sin, FLOAT_DTYPES, "sin")
@@ -131,7 +133,7 @@ def triton_dtype_unsupported(*tensors: torch.Tensor) -> str | None:
     """Reason string when a tensor's dtype has no Triton kernel (float64, ...)."""
     for t in tensors:
         if t.dtype not in TRITON_DTYPES:
-            return f"dtype {t.dtype} (supported: {_dtype_names(TRITON_DTYPES)})"
+            return f"dtype {_dtype_names((t.dtype,))} (supported: {_dtype_names(TRITON_DTYPES)})"
     return None
 
 

@@ -177,4 +177,3 @@ def rope_cos_sin(
     inv_freq = base**-exponents  # (D/2,)
     angles = positions.to(work)[..., None] * inv_freq  # (..., T, D/2)
     return angles.cos().to(dtype), angles.sin().to(dtype)
-

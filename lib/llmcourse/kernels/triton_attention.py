@@ -16,8 +16,8 @@ GPU *program* (one instance per output tile, launched on a grid):
 Splitting the backward into two passes recomputes S and P once more, but every output tile is
 then written by exactly one program: no atomic adds, deterministic results.
 
-Numerics: the matrix products run in the input dtype (fp16/bf16 on tensor cores, fp32 in full
-IEEE precision, not TF32) and accumulate in float32; the softmax statistics (m, l, lse, delta)
+Numerics: the matrix products run in the input dtype (fp16/bf16 on tensor cores; fp32 in full
+IEEE precision unless PyTorch's TF32 switch is on) and accumulate in float32; the softmax statistics (m, l, lse, delta)
 are float32. Exponentials use exp2 with the scale pre-multiplied by log2(e), which is what
 the hardware computes natively.
 
@@ -29,6 +29,7 @@ size are handled the same way at the edges, and out-of-range keys are masked to 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import triton
@@ -36,6 +37,7 @@ import triton.language as tl
 
 from llmcourse.kernels.backend import interpreter_enabled
 from llmcourse.kernels.flash_reference import attention_delta
+from llmcourse.kernels.launch import launch_first_fitting
 
 __all__ = [
     "attention",
@@ -203,7 +205,9 @@ def _attention_backward_dkdv_kernel(
         offs_m = start_m + offs_m0
         q_mask = (offs_m[:, None] < seq_q) & d_ok[None, :]
         q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(do_base + offs_m[:, None] * stride_dot + offs_d[None, :], mask=q_mask, other=0.0)
+        do = tl.load(
+            do_base + offs_m[:, None] * stride_dot + offs_d[None, :], mask=q_mask, other=0.0
+        )
         lse = tl.load(LSE + batch_head * seq_q + offs_m, mask=offs_m < seq_q, other=float("inf"))
         delta = tl.load(DELTA + batch_head * seq_q + offs_m, mask=offs_m < seq_q, other=0.0)
         lse_log2 = lse * 1.4426950408889634
@@ -295,24 +299,49 @@ def _unit_last_stride(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _block_sizes(block_d: int, dtype: torch.dtype) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N): 64 x 64 tiles; narrower key tiles for wide fp32 heads (registers)."""
-    if block_d > 64 and dtype == torch.float32:
-        return 64, 32
-    return 64, 64
+# Tile configurations, fastest first; launch_first_fitting falls back along the list on GPUs
+# with less shared memory. BLOCK_M = query rows per tile, BLOCK_N = key rows per tile.
+TILE_CONFIGS = (
+    dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2),
+    dict(BLOCK_M=64, BLOCK_N=32, num_warps=4, num_stages=2),
+    dict(BLOCK_M=32, BLOCK_N=32, num_warps=4, num_stages=1),
+    dict(BLOCK_M=16, BLOCK_N=16, num_warps=2, num_stages=1),
+)
 
 
-def _launch_options(q: torch.Tensor, block_m: int | None, block_n: int | None) -> dict:
-    block_d = max(16, triton.next_power_of_2(q.shape[-1]))
-    default_m, default_n = _block_sizes(block_d, q.dtype)
+def _constexprs(q: torch.Tensor, causal: bool, key_padding_mask: torch.Tensor | None) -> dict:
+    """Compile-time settings shared by the three kernels."""
+    if q.dtype == torch.float32:
+        # Follow PyTorch's own switch (torch.backends.cuda.matmul.allow_tf32, False by default):
+        # TF32 tensor cores are much faster but keep only ~3 decimal digits of each product.
+        precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+    else:
+        precision = "tf32"  # ignored for fp16/bf16 inputs
     return dict(
-        BLOCK_M=block_m or default_m,
-        BLOCK_N=block_n or default_n,
-        BLOCK_D=block_d,
-        # fp32 inputs get full fp32 products (TF32 would cost ~3 decimal digits).
-        PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        CAUSAL=causal,
+        HAS_KEY_MASK=key_padding_mask is not None,
+        BLOCK_D=max(16, triton.next_power_of_2(q.shape[-1])),  # head dim padded to a power of 2
+        PRECISION=precision,
         UPCAST=q.dtype == torch.bfloat16 and interpreter_enabled(),
     )
+
+
+def _launch(
+    kernel,
+    grid: Callable[[dict], tuple[int, int]],
+    args: tuple,
+    constexprs: dict,
+    block_m: int | None,
+    block_n: int | None,
+) -> None:
+    """Run ``kernel`` with the given tile sizes, or the first default configuration that fits."""
+    if block_m is not None or block_n is not None:
+        configs = [dict(BLOCK_M=block_m or 64, BLOCK_N=block_n or 64, num_warps=4, num_stages=1)]
+    else:
+        configs = TILE_CONFIGS
+    device = args[0].device
+    key = (kernel.__name__, device.type, device.index, args[0].dtype, tuple(constexprs.items()))
+    launch_first_fitting(kernel, grid, args, constexprs, configs, key)
 
 
 def _keep_mask(key_padding_mask: torch.Tensor | None, q: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -342,17 +371,17 @@ def attention_forward(
     out = torch.empty_like(q)
     lse = torch.empty(batch, heads, seq_q, dtype=torch.float32, device=q.device)
     keep, stride_keep = _keep_mask(key_padding_mask, q)
-    opts = _launch_options(q, block_m, block_n)
-    grid = (triton.cdiv(seq_q, opts["BLOCK_M"]), batch * heads)
-    _attention_forward_kernel[grid](
+    args = (
         q, k, v, out, lse, keep,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
         stride_keep,
         heads, seq_q, seq_k, head_dim,
         scale,
-        CAUSAL=causal,
-        HAS_KEY_MASK=key_padding_mask is not None,
-        **opts,
+    )  # fmt: skip
+    grid = lambda cfg: (triton.cdiv(seq_q, cfg["BLOCK_M"]), batch * heads)  # one per query block
+    _launch(
+        _attention_forward_kernel, grid, args, _constexprs(q, causal, key_padding_mask),
+        block_m, block_n,
     )  # fmt: skip
     return out, lse
 
@@ -385,17 +414,17 @@ def attention_backward_dkdv(
     seq_k = k.shape[2]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     grad_k, grad_v = torch.empty_like(k), torch.empty_like(v)
-    opts = _launch_options(q, block_m, block_n)
-    grid = (triton.cdiv(seq_k, opts["BLOCK_N"]), batch * heads)
-    _attention_backward_dkdv_kernel[grid](
+    args = (
         q, k, v, grad_out, lse, delta, keep, grad_k, grad_v,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3],
         stride_keep,
         heads, seq_q, seq_k, head_dim,
         scale,
-        CAUSAL=causal,
-        HAS_KEY_MASK=key_padding_mask is not None,
-        **opts,
+    )  # fmt: skip
+    grid = lambda cfg: (triton.cdiv(seq_k, cfg["BLOCK_N"]), batch * heads)  # one per key block
+    _launch(
+        _attention_backward_dkdv_kernel, grid, args, _constexprs(q, causal, key_padding_mask),
+        block_m, block_n,
     )  # fmt: skip
     return grad_k, grad_v
 
@@ -422,17 +451,17 @@ def attention_backward_dq(
     seq_k = k.shape[2]
     scale = 1.0 / math.sqrt(head_dim) if scale is None else scale
     grad_q = torch.empty_like(q)
-    opts = _launch_options(q, block_m, block_n)
-    grid = (triton.cdiv(seq_q, opts["BLOCK_M"]), batch * heads)
-    _attention_backward_dq_kernel[grid](
+    args = (
         q, k, v, grad_out, lse, delta, keep, grad_q,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3],
         stride_keep,
         heads, seq_q, seq_k, head_dim,
         scale,
-        CAUSAL=causal,
-        HAS_KEY_MASK=key_padding_mask is not None,
-        **opts,
+    )  # fmt: skip
+    grid = lambda cfg: (triton.cdiv(seq_q, cfg["BLOCK_M"]), batch * heads)  # one per query block
+    _launch(
+        _attention_backward_dq_kernel, grid, args, _constexprs(q, causal, key_padding_mask),
+        block_m, block_n,
     )  # fmt: skip
     return grad_q
 
@@ -478,6 +507,4 @@ def attention(
 
     ``block_m``/``block_n`` override the tile sizes (powers of two >= 16; tests use small ones).
     """
-    return FlashAttentionFunction.apply(
-        q, k, v, key_padding_mask, causal, scale, block_m, block_n
-    )
+    return FlashAttentionFunction.apply(q, k, v, key_padding_mask, causal, scale, block_m, block_n)

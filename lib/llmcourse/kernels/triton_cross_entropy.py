@@ -21,7 +21,12 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["cross_entropy", "cross_entropy_forward", "cross_entropy_backward", "CrossEntropyFunction"]
+__all__ = [
+    "cross_entropy",
+    "cross_entropy_forward",
+    "cross_entropy_backward",
+    "CrossEntropyFunction",
+]
 
 MAX_BLOCK_V = 4096  # chunk width: big enough to stream memory fast, small enough for registers
 
@@ -94,10 +99,12 @@ def cross_entropy_forward(
     n_rows, vocab_size = logits.shape
     losses = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
     lse = torch.empty_like(losses)
+    block = _block_v(vocab_size, block_v)
     _cross_entropy_forward_kernel[(n_rows,)](
         logits, targets, losses, lse,
         logits.stride(0), vocab_size, ignore_index,
-        BLOCK_V=_block_v(vocab_size, block_v),
+        BLOCK_V=block,
+        num_warps=8 if block >= 2048 else 4,
     )  # fmt: skip
     return losses, lse
 
@@ -119,6 +126,7 @@ def cross_entropy_backward(
         logits, targets.contiguous(), lse, row_scale.contiguous(), grad,
         logits.stride(0), grad.stride(0), vocab_size,
         BLOCK_V=block,
+        num_warps=8 if block >= 2048 else 4,
     )  # fmt: skip
     return grad
 

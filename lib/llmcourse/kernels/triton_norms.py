@@ -127,6 +127,11 @@ def _num_programs(n_rows: int, device: torch.device) -> int:
     return max(1, min(n_rows, target))
 
 
+def _num_warps(block: int) -> int:
+    """More warps for wider rows, so each thread holds a bounded number of elements."""
+    return 4 if block <= 2048 else 8 if block <= 8192 else 16
+
+
 def norm_forward(
     x: torch.Tensor,
     weight: torch.Tensor | None,
@@ -150,6 +155,7 @@ def norm_forward(
         HAS_WEIGHT=weight is not None,
         HAS_BIAS=bias is not None,
         BLOCK_C=triton.next_power_of_2(width),
+        num_warps=_num_warps(triton.next_power_of_2(width)),
     )  # fmt: skip
     return y.view(x.shape), mean, rstd
 
@@ -180,6 +186,7 @@ def norm_backward(
         HAS_WEIGHT=weight is not None,
         HAS_BIAS=has_bias,
         BLOCK_C=triton.next_power_of_2(width),
+        num_warps=_num_warps(triton.next_power_of_2(width)),
     )  # fmt: skip
     grad_w = dw_partial.sum(dim=0) if weight is not None else None
     grad_b = db_partial.sum(dim=0) if has_bias else None

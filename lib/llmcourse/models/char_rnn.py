@@ -63,7 +63,9 @@ class CharRNN(nn.Module):
         """idx (B, T) long, state from a previous call or None -> (logits (B, T, V), state)."""
         check_dtype(idx, (torch.int64, torch.int32), "CharRNN idx")
         if idx.dim() != 2:
-            raise ShapeError(f"CharRNN idx: expected (B, T) token ids, got shape {tuple(idx.shape)}")
+            raise ShapeError(
+                f"CharRNN idx: expected (B, T) token ids, got shape {tuple(idx.shape)}"
+            )
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.vocab_size):
             raise ValueError(
                 f"CharRNN idx: ids must lie in [0, {self.vocab_size}), got min {int(idx.min())} "
@@ -82,7 +84,9 @@ class CharRNN(nn.Module):
                 f"{tuple(targets.shape)}"
             )
         logits, state = self(idx, state)
-        return kernels.cross_entropy(logits.reshape(-1, self.vocab_size), targets.reshape(-1)), state
+        return kernels.cross_entropy(
+            logits.reshape(-1, self.vocab_size), targets.reshape(-1)
+        ), state
 
     @torch.no_grad()
     def sample(

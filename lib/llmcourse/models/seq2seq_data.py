@@ -226,9 +226,7 @@ def make_date_task(
         all_days[n_val_days : n_val_days + n_test_days],
     )
     splits = [
-        generate_date_pairs(size, seed * 3 + i + 1, formats, n_dates, filler, pool)
-        if size
-        else []
+        generate_date_pairs(size, seed * 3 + i + 1, formats, n_dates, filler, pool) if size else []
         for i, (size, pool) in enumerate(zip(sizes, pools, strict=True))
     ]
     return DateTask(*splits, vocab=CharVocab())

@@ -133,8 +133,8 @@ def beam_search(
         tokens = torch.cat([tokens.index_select(0, rows), tok.view(-1, 1)], dim=1)
         if weights is not None:
             w = weights.index_select(0, rows).masked_fill(was_finished.view(-1, 1), 0.0)
-            prev = attn.index_select(0, rows) if attn is not None else w[:, :0].unsqueeze(1)
-            attn = torch.cat([prev, w.unsqueeze(1)], dim=1)  # (B*K, t, S)
+            w = w.unsqueeze(1)  # (B*K, 1, S)
+            attn = w if attn is None else torch.cat([attn.index_select(0, rows), w], dim=1)
         state = select_state(state, rows)
         y = tok.view(-1)
         if bool(finished.all()):

@@ -14,7 +14,8 @@ documents; those get the floor ``epsilon * mean(idf)`` instead, the mean taken o
 whole vocabulary before flooring. These choices are those of ``rank_bm25.BM25Okapi``, and
 :class:`BM25` returns the same scores on the same tokenised corpus, bit for bit (the
 tests compare them), while scoring a query with one ``np.bincount`` over the postings of
-its terms instead of a loop over all documents.
+its terms instead of a loop over all documents. One deliberate difference: an empty
+document scores 0, where rank_bm25 returns NaN (0 / 0) for it when ``b = 1``.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@ machines without the model weights. It captures lexical overlap only, not meanin
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 
 from ..utils import ShapeError
 from .base import SearchResult, attach_texts, check_k
-from .index import ExactIndex, IVFIndex
+from .index import ExactIndex, IVFIndex, load_index
 
 __all__ = ["Embedder", "HashingEmbedder", "DenseRetriever", "minilm_embedder", "encode_checked"]
 
@@ -224,3 +226,34 @@ class DenseRetriever:
                 )
             )
         return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write the index (``path/index.*``) and the texts and metadata (``path/texts.json``).
+
+        The embedder is not saved: pass the same one to :meth:`load`.
+        """
+        if self.index is None:
+            raise RuntimeError("nothing to save: the retriever is empty")
+        path = Path(path)
+        self.index.save(path)
+        payload = {"texts": self.texts, "metadata": self.metadata}
+        (path / "texts.json").write_text(json.dumps(payload, ensure_ascii=False))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, embedder: Embedder, **kwargs: Any) -> DenseRetriever:
+        """Read a retriever written by :meth:`save`; ``embedder`` must be the one used to build it."""
+        path = Path(path)
+        texts_file = path / "texts.json"
+        if not texts_file.is_file():
+            raise FileNotFoundError(
+                f"{texts_file} not found: expected a folder written by DenseRetriever.save"
+            )
+        payload = json.loads(texts_file.read_text())
+        retriever = cls(embedder, load_index(path), **kwargs)
+        retriever.texts, retriever.metadata = list(payload["texts"]), list(payload["metadata"])
+        if len(retriever.texts) != len(retriever.index or []):
+            raise ValueError(
+                f"{path}: {len(retriever.texts)} texts but {len(retriever.index or [])} vectors"
+            )
+        return retriever

@@ -12,6 +12,7 @@ import json
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +78,9 @@ class ByteLevelBPE:
         n = len(self._vocab)
         for text, idx in self.special_tokens.items():
             if not 0 <= idx < n or self._vocab[idx] != text.encode("utf-8"):
-                raise ValueError(f"special token {text!r} must map to an id whose bytes are its text")
+                raise ValueError(
+                    f"special token {text!r} must map to an id whose bytes are its text"
+                )
         ordinary: dict[bytes, int] = {}
         specials = set(self.special_tokens.values())
         for idx, tok in enumerate(self._vocab):
@@ -113,7 +116,8 @@ class ByteLevelBPE:
             text_or_path: the training text as a ``str``, a file as a ``pathlib.Path`` (or any
                 ``os.PathLike``; read in chunks), or an iterable of text chunks. A plain
                 ``str`` is always taken as text, never as a file name.
-            vocab_size: final size, counting the 256 byte tokens and the special tokens.
+            vocab_size: final size, counting the 256 byte tokens and the special tokens
+                (smaller only when the corpus runs out of pairs to merge).
             special_tokens: strings that get their own ids (after the merged tokens, in the
                 given order) and are cut out of the training text, so no merge crosses them.
 
@@ -191,7 +195,9 @@ class ByteLevelBPE:
         byte_chars = set(bytes_to_unicode().values())
         if special_tokens is None:
             special = {
-                tok: i for tok, i in encoder.items() if tok not in byte_chars and tok not in merge_results
+                tok: i
+                for tok, i in encoder.items()
+                if tok not in byte_chars and tok not in merge_results
             }
         else:
             missing = [t for t in special_tokens if t not in encoder]
@@ -212,6 +218,14 @@ class ByteLevelBPE:
                     f"which is not in {encoder_path}"
                 ) from None
         return cls(vocab, merges, special)
+
+    @classmethod
+    def gpt2(cls) -> ByteLevelBPE:
+        """GPT-2's tokenizer, its two files obtained through :func:`llmcourse.data.fetch`
+        (the mirror folder ``$LLMCOURSE_DATA_MIRROR``, the cache, or a verified download)."""
+        from llmcourse.data import fetch
+
+        return cls.from_gpt2_files(fetch("gpt2_encoder"), fetch("gpt2_vocab"))
 
     @classmethod
     def load(cls, path: PathLike) -> ByteLevelBPE:
@@ -240,8 +254,12 @@ class ByteLevelBPE:
             encoder[key] = idx
         lines = [_MERGES_HEADER]
         for (a, b), _ in self._merge_list:
-            lines.append(f"{token_bytes_to_str(self._vocab[a])} {token_bytes_to_str(self._vocab[b])}")
-        (folder / _ENCODER_FILE).write_text(json.dumps(encoder, ensure_ascii=False), encoding="utf-8")
+            lines.append(
+                f"{token_bytes_to_str(self._vocab[a])} {token_bytes_to_str(self._vocab[b])}"
+            )
+        (folder / _ENCODER_FILE).write_text(
+            json.dumps(encoder, ensure_ascii=False), encoding="utf-8"
+        )
         (folder / _MERGES_FILE).write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     # ------------------------------------------------------------------ properties
@@ -272,7 +290,7 @@ class ByteLevelBPE:
         while len(ids) > 1:
             best: tuple[int, int] | None = None
             best_pair: Pair | None = None
-            for pair in zip(ids, ids[1:]):
+            for pair in pairwise(ids):
                 found = ranks.get(pair)
                 if found is not None and (best is None or found[0] < best[0]):
                     best, best_pair = found, pair
@@ -291,7 +309,9 @@ class ByteLevelBPE:
             ids = merged
         return ids
 
-    def _encode_segments(self, segments: Iterable[tuple[list[str], str | None]]) -> Iterator[list[int]]:
+    def _encode_segments(
+        self, segments: Iterable[tuple[list[str], str | None]]
+    ) -> Iterator[list[int]]:
         cache, bpe, specials = self._cache, self._bpe, self.special_tokens
         for pieces, special in segments:
             out: list[int] = []
@@ -325,7 +345,9 @@ class ByteLevelBPE:
             out.extend(ids)
         return out
 
-    def iter_encode_file(self, path: PathLike, *, chunk_chars: int = 1 << 20) -> Iterator[list[int]]:
+    def iter_encode_file(
+        self, path: PathLike, *, chunk_chars: int = 1 << 20
+    ) -> Iterator[list[int]]:
         """Encode a UTF-8 file piece by piece, never holding more than about one chunk.
 
         Yields lists of ids whose concatenation equals ``encode(Path(path).read_text())``:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 from collections import defaultdict
 from collections.abc import Mapping
+from itertools import pairwise
 
 from llmcourse.tokenizers.byte_level import bytes_to_unicode
 
@@ -75,7 +76,7 @@ def train_bpe_merges(
     where: dict[Pair, set[int]] = defaultdict(set)
     for wi, word in enumerate(words):
         freq = freqs[wi]
-        for pair in zip(word, word[1:]):
+        for pair in pairwise(word):
             pair_counts[pair] += freq
             where[pair].add(wi)
 
@@ -113,8 +114,8 @@ def train_bpe_merges(
             old = words[wi]
             new = merge_pair(old, pair, new_id)
             freq = freqs[wi]
-            old_pairs = list(zip(old, old[1:]))
-            new_pairs = list(zip(new, new[1:]))
+            old_pairs = list(pairwise(old))
+            new_pairs = list(pairwise(new))
             for p in old_pairs:
                 pair_counts[p] -= freq
             for p in new_pairs:

@@ -110,7 +110,10 @@ class CharTokenizer:
         return cls(data["chars"], unk=data.get("unk"))
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, CharTokenizer) and (self.chars, self.unk) == (other.chars, other.unk)
+        return isinstance(other, CharTokenizer) and (self.chars, self.unk) == (
+            other.chars,
+            other.unk,
+        )
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size}, unk={self.unk!r})"

@@ -10,6 +10,11 @@ Pipeline (the same steps, in the same order, as Hugging Face's ``BertTokenizerFa
 4. split each word greedily into the longest vocabulary entries, left to right, later pieces
    written with the ``##`` prefix; a word that cannot be split (or is longer than 100
    characters) becomes ``[UNK]``.
+
+Character classes (punctuation, control, combining mark) come from Python's ``unicodedata``.
+The Rust ``tokenizers`` library uses older Unicode tables, so about 500 rare characters added
+or re-classified since Unicode 10 (e.g. new Arabic marks, U+2E43-U+2E5D) may tokenize
+differently; all other characters give the same ids.
 """
 
 from __future__ import annotations
@@ -97,7 +102,9 @@ def normalize(text: str, lowercase: bool = True, strip_accents: bool | None = No
     return text
 
 
-def basic_tokenize(text: str, lowercase: bool = True, strip_accents: bool | None = None) -> list[str]:
+def basic_tokenize(
+    text: str, lowercase: bool = True, strip_accents: bool | None = None
+) -> list[str]:
     """Normalise, then split on whitespace and around each punctuation character.
 
     >>> basic_tokenize("Héllo, WORLD!")
@@ -172,7 +179,13 @@ class WordPiece:
         self.lowercase = lowercase
         self.strip_accents = strip_accents
         self.max_input_chars_per_word = max_input_chars_per_word
-        names = dict(zip(_SPECIAL_NAMES, (pad_token, unk_token, cls_token, sep_token, mask_token)))
+        names = dict(
+            zip(
+                _SPECIAL_NAMES,
+                (pad_token, unk_token, cls_token, sep_token, mask_token),
+                strict=True,
+            )
+        )
         missing = [tok for tok in names.values() if tok not in self.token_to_id]
         if missing:
             raise ValueError(f"special tokens {missing} are not in the vocabulary")
@@ -254,7 +267,9 @@ class WordPiece:
         ids: list[int] = []
         start = 0
         for match in self._special_re.finditer(text):
-            for word in basic_tokenize(text[start : match.start()], self.lowercase, self.strip_accents):
+            for word in basic_tokenize(
+                text[start : match.start()], self.lowercase, self.strip_accents
+            ):
                 ids.extend(self._word_ids(word))
             ids.append(self.token_to_id[match.group()])
             start = match.end()
@@ -271,9 +286,7 @@ class WordPiece:
         ids = self.tokenize_ids(text)
         return [self.cls_id, *ids, self.sep_id] if add_special_tokens else ids
 
-    def encode_pair(
-        self, text_a: str, text_b: str, *, max_length: int | None = None
-    ) -> Encoding:
+    def encode_pair(self, text_a: str, text_b: str, *, max_length: int | None = None) -> Encoding:
         """``[CLS] a [SEP] b [SEP]`` with token types 0 for ``[CLS] a [SEP]`` and 1 after.
 
         With ``max_length``, tokens are removed from the end of the longer segment first
@@ -337,17 +350,13 @@ class WordPiece:
             if len(pairs) != len(texts):
                 raise ValueError(f"got {len(texts)} texts but {len(pairs)} text pairs")
         if padding not in (False, True, "longest", "max_length", "do_not_pad"):
-            raise ValueError(
-                f"padding={padding!r}; use False, True, 'longest' or 'max_length'"
-            )
+            raise ValueError(f"padding={padding!r}; use False, True, 'longest' or 'max_length'")
         if (truncation or padding == "max_length") and max_length is None:
             raise ValueError("truncation=True and padding='max_length' need max_length")
         limit = max_length if truncation else None
         encodings = [
-            self._build(
-                self.tokenize_ids(a), None if b is None else self.tokenize_ids(b), limit
-            )
-            for a, b in zip(texts, pairs)
+            self._build(self.tokenize_ids(a), None if b is None else self.tokenize_ids(b), limit)
+            for a, b in zip(texts, pairs, strict=True)
         ]
         if padding in (True, "longest"):
             target = max((len(e) for e in encodings), default=0)
@@ -382,37 +391,48 @@ class WordPiece:
 
     # ------------------------------------------------------------------ decoding
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
-        """Join WordPieces back into text: ``##`` pieces attach to the previous piece, and
-        spaces before punctuation and English contractions are removed."""
+        """Join WordPieces back into text, as Hugging Face's WordPiece decoder does.
+
+        ``##`` pieces attach to the previous piece, other pieces get a leading space, and a
+        space before ``.``, ``?``, ``!`` or ``,`` is dropped. Lowercasing, removed accents and
+        spaces around other punctuation are not undone (``"i ' m"``).
+        """
         tolist = getattr(ids, "tolist", None)
         values = tolist() if callable(tolist) else list(ids)
         n = len(self.vocab)
         skip = set(self.special_ids) if skip_special_tokens else set()
-        words: list[str] = []
+        parts: list[str] = []
         for i in values:
             if not isinstance(i, int) or not 0 <= i < n:
                 raise ValueError(f"id {i!r} is not a token id; expected an int in 0..{n - 1}")
             if i in skip:
                 continue
-            words.append(self.vocab[i])
-        text = " ".join(words).replace(" ##", "")
-        for before, after in (
-            (" .", "."),
-            (" ?", "?"),
-            (" !", "!"),
-            (" ,", ","),
-            (" ' ", "'"),
-            (" n't", "n't"),
-            (" 'm", "'m"),
-            (" 's", "'s"),
-            (" 've", "'ve"),
-            (" 're", "'re"),
-        ):
-            text = text.replace(before, after)
-        return text
+            token = self.vocab[i]
+            if parts:
+                token = token[2:] if token.startswith("##") else " " + token
+            parts.append(_cleanup(token))
+        return "".join(parts)
 
     def __repr__(self) -> str:
         return f"WordPiece(vocab_size={self.vocab_size}, lowercase={self.lowercase})"
+
+
+def _cleanup(piece: str) -> str:
+    """Remove the space before closing punctuation and English contractions in one piece."""
+    for before, after in (
+        (" .", "."),
+        (" ?", "?"),
+        (" !", "!"),
+        (" ,", ","),
+        (" ' ", "'"),
+        (" n't", "n't"),
+        (" 'm", "'m"),
+        (" 's", "'s"),
+        (" 've", "'ve"),
+        (" 're", "'re"),
+    ):
+        piece = piece.replace(before, after)
+    return piece
 
 
 def _longest_first(len_a: int, len_b: int, budget: int) -> tuple[int, int]:

@@ -23,7 +23,6 @@ import hashlib
 import importlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from llmcourse.data.download import temp_file_beside
 from llmcourse.train.state import capture_rng_state, pack, restore_rng_state, unpack
 
 __all__ = [
@@ -117,12 +117,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _temp_path(directory: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    return Path(tmp)
-
-
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -139,7 +133,14 @@ def _dedup_shared(state: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[
     tensors: dict[str, Tensor] = {}
     aliases: dict[str, str] = {}
     for name, t in state.items():
-        ident = (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), t.shape, t.stride(), t.dtype)
+        ident = (
+            t.device,
+            t.untyped_storage().data_ptr(),
+            t.storage_offset(),
+            t.shape,
+            t.stride(),
+            t.dtype,
+        )
         if t.numel() and ident in seen:
             aliases[name] = seen[ident]
             continue
@@ -195,14 +196,14 @@ def save_checkpoint(
 
     temps: dict[str, Path] = {}
     try:
-        temps[MODEL_FILE] = _temp_path(directory, MODEL_FILE)
+        temps[MODEL_FILE] = temp_file_beside(directory / MODEL_FILE)
         header = {"format": FORMAT, "model_config": json.dumps(model_config)}
         save_file(weights, str(temps[MODEL_FILE]), metadata=header)
-        temps[STATE_FILE] = _temp_path(directory, STATE_FILE)
+        temps[STATE_FILE] = temp_file_beside(directory / STATE_FILE)
         save_file(state_tensors, str(temps[STATE_FILE]), metadata={"format": FORMAT})
         tokenizer_meta = None
         if tokenizer is not None:
-            temps[TOKENIZER_FILE] = _temp_path(directory, TOKENIZER_FILE)
+            temps[TOKENIZER_FILE] = temp_file_beside(directory / TOKENIZER_FILE)
             tokenizer.save(temps[TOKENIZER_FILE])
             tokenizer_meta = {"class": _class_path(tokenizer), "file": TOKENIZER_FILE}
         files = {}
@@ -227,7 +228,7 @@ def save_checkpoint(
             "files": files,
         }
         text = json.dumps(meta, indent=2, allow_nan=True)
-        temps[META_FILE] = _temp_path(directory, META_FILE)
+        temps[META_FILE] = temp_file_beside(directory / META_FILE)
         temps[META_FILE].write_text(text, encoding="utf-8")
         _fsync(temps[META_FILE])
         for name in (*files, META_FILE):  # the JSON, which commits the checkpoint, goes last
@@ -295,7 +296,9 @@ def _read_tensors(path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"{path} is not a readable safetensors file: {err}") from None
 
 
-def load_model_weights(directory: str | Path, meta: dict[str, Any] | None = None) -> dict[str, Tensor]:
+def load_model_weights(
+    directory: str | Path, meta: dict[str, Any] | None = None
+) -> dict[str, Tensor]:
     """The verified model state dict of a checkpoint (tied weights restored)."""
     directory = Path(directory)
     meta = meta if meta is not None else read_checkpoint_meta(directory)
@@ -309,7 +312,11 @@ def _config_diff(saved: dict[str, Any] | None, current: dict[str, Any] | None) -
     if not saved or not current:
         return ""
     keys = sorted(set(saved) | set(current))
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, model {current.get(k)!r}" for k in keys if saved.get(k) != current.get(k)]
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r}, model {current.get(k)!r}"
+        for k in keys
+        if saved.get(k) != current.get(k)
+    ]
     return ("; configs differ in " + ", ".join(diffs)) if diffs else ""
 
 
@@ -327,25 +334,39 @@ def _check_weights(
     if missing or unexpected or wrong:
         parts = []
         if wrong:
-            parts.append("shape mismatch for " + "; ".join(wrong[:5]) + (" ..." if len(wrong) > 5 else ""))
+            parts.append(
+                "shape mismatch for " + "; ".join(wrong[:5]) + (" ..." if len(wrong) > 5 else "")
+            )
         if missing:
-            parts.append(f"missing from the checkpoint: {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+            parts.append(
+                f"missing from the checkpoint: {missing[:5]}{' ...' if len(missing) > 5 else ''}"
+            )
         if unexpected:
-            parts.append(f"not in the model: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+            parts.append(
+                f"not in the model: {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}"
+            )
         diff = _config_diff(meta.get("model_config"), model_config_dict(model))
         raise CheckpointError(
             f"checkpoint {directory} ({meta.get('model_class')}) does not fit this model "
-            f"({_class_path(model)}): " + ". ".join(parts) + diff
+            f"({_class_path(model)}): "
+            + ". ".join(parts)
+            + diff
             + ". Build the model with the checkpoint's model_config."
         )
     for k, t in weights.items():
         if not t.is_floating_point() and expected[k].is_floating_point():
-            raise CheckpointError(f"{directory}: {k} is {t.dtype} in the checkpoint, model expects {expected[k].dtype}")
+            raise CheckpointError(
+                f"{directory}: {k} is {t.dtype} in the checkpoint, model expects {expected[k].dtype}"
+            )
 
 
-def _check_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any], cls: str, where: Path) -> None:
+def _check_optimizer(
+    optimizer: torch.optim.Optimizer, saved: dict[str, Any], cls: str, where: Path
+) -> None:
     if cls != type(optimizer).__name__:
-        raise CheckpointError(f"{where} holds {cls} state; cannot load it into {type(optimizer).__name__}")
+        raise CheckpointError(
+            f"{where} holds {cls} state; cannot load it into {type(optimizer).__name__}"
+        )
     groups, saved_groups = optimizer.param_groups, saved.get("param_groups", [])
     sizes = [len(g["params"]) for g in groups]
     saved_sizes = [len(g["params"]) for g in saved_groups]
@@ -353,7 +374,11 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, saved: dict[str, Any], cl
         raise CheckpointError(
             f"{where}: the optimizer has parameter groups of sizes {sizes}, the checkpoint {saved_sizes}"
         )
-    params = {i: p for g, sg in zip(groups, saved_groups, strict=True) for i, p in zip(sg["params"], g["params"], strict=True)}
+    params = {
+        i: p
+        for g, sg in zip(groups, saved_groups, strict=True)
+        for i, p in zip(sg["params"], g["params"], strict=True)
+    }
     for idx, pstate in saved.get("state", {}).items():
         if idx not in params:
             raise CheckpointError(f"{where}: optimizer state for unknown parameter index {idx}")
@@ -396,22 +421,23 @@ def load_checkpoint(
         _check_weights(target, weights, meta, directory)
     saved_optim = None
     rank_states: list[dict[str, Any]] = []
-    if optimizer is not None or restore_rng or meta.get("ranks"):
-        if STATE_FILE in meta["files"] and (optimizer is not None or restore_rng):
-            tensors = _read_tensors(_verified_file(directory, meta, STATE_FILE))
-            try:
-                rank_states = [unpack(s, tensors) for s in meta.get("ranks", [])]
-                if optimizer is not None:
-                    if meta.get("optimizer") is None:
-                        raise CheckpointError(f"{directory} holds no optimizer state")
-                    saved_optim = unpack(meta["optimizer"]["state"], tensors)
-                    _check_optimizer(optimizer, saved_optim, meta["optimizer"]["class"], directory)
-            except KeyError as err:
-                raise CheckpointError(f"{directory} is inconsistent: {err}") from None
-        elif optimizer is not None or restore_rng:
+    if optimizer is not None or restore_rng:
+        if STATE_FILE not in meta["files"]:
             raise CheckpointError(f"{directory} has no {STATE_FILE}; it holds weights only")
+        tensors = _read_tensors(_verified_file(directory, meta, STATE_FILE))
+        try:
+            rank_states = [unpack(s, tensors) for s in meta.get("ranks", [])]
+            if optimizer is not None:
+                if meta.get("optimizer") is None:
+                    raise CheckpointError(f"{directory} holds no optimizer state")
+                saved_optim = unpack(meta["optimizer"]["state"], tensors)
+                _check_optimizer(optimizer, saved_optim, meta["optimizer"]["class"], directory)
+        except (KeyError, TypeError, ValueError) as err:
+            raise CheckpointError(f"{directory} is inconsistent: {err}") from None
     if restore_rng and not 0 <= rank < len(rank_states):
-        raise CheckpointError(f"{directory} holds RNG states for {len(rank_states)} rank(s), not for rank {rank}")
+        raise CheckpointError(
+            f"{directory} holds RNG states for {len(rank_states)} rank(s), not for rank {rank}"
+        )
 
     # Everything is verified: apply.
     if target is not None and weights is not None:
@@ -432,7 +458,9 @@ def load_checkpoint(
     )
 
 
-def load_checkpoint_tokenizer(directory: str | Path, meta: dict[str, Any] | None = None) -> Any | None:
+def load_checkpoint_tokenizer(
+    directory: str | Path, meta: dict[str, Any] | None = None
+) -> Any | None:
     """The tokenizer saved with a checkpoint (only classes of ``llmcourse`` are loaded)."""
     directory = Path(directory)
     meta = meta if meta is not None else read_checkpoint_meta(directory)
@@ -441,6 +469,8 @@ def load_checkpoint_tokenizer(directory: str | Path, meta: dict[str, Any] | None
         return None
     module_name, _, cls_name = info["class"].rpartition(".")
     if not module_name.startswith("llmcourse."):
-        raise CheckpointError(f"{directory}: refusing to import tokenizer class {info['class']!r} (not part of llmcourse)")
+        raise CheckpointError(
+            f"{directory}: refusing to import tokenizer class {info['class']!r} (not part of llmcourse)"
+        )
     loader: Callable[[Path], Any] = getattr(importlib.import_module(module_name), cls_name).load
     return loader(_verified_file(directory, meta, info["file"]))

@@ -34,7 +34,9 @@ def pack(obj: Any, prefix: str, tensors: dict[str, Tensor]) -> Any:
         items = []
         for k, v in obj.items():
             if not isinstance(k, (str, int)) or isinstance(k, bool):
-                raise TypeError(f"cannot save dict key {k!r} of type {type(k).__name__} in {prefix}")
+                raise TypeError(
+                    f"cannot save dict key {k!r} of type {type(k).__name__} in {prefix}"
+                )
             items.append([k, pack(v, f"{prefix}/{k}", tensors)])
         return {_ITEMS: items}
     if isinstance(obj, tuple):

@@ -1,0 +1,317 @@
+"""Direct preference optimisation and its variants: DPO, IPO, SimPO, KTO.
+
+All take *sequence* log-probabilities of responses (summed over response tokens, prompt and
+padding excluded; see :func:`llmcourse.alignment.common.sequence_logprobs`).
+
+- **DPO** (Rafailov et al. 2023): with implicit rewards ``r = beta * (log pi(y|x) -
+  log pi_ref(y|x))``, ``loss = -log sigmoid(r_w - r_l)``. Worked example: beta = 0.1,
+  log pi(y_w) = -10, log pi(y_l) = -12, both reference log-probs -11: the margin is
+  0.1 * (1 - (-1)) = 0.2 and the loss ``-log sigmoid(0.2) = 0.598``.
+- **IPO** (Azar et al. 2023): a squared loss ``(h - 1 / (2 beta))^2`` on the log-ratio
+  difference ``h``; it stops pushing once the margin reaches its target, where DPO keeps
+  pushing deterministic preferences towards infinity.
+- **SimPO** (Meng et al. 2024): no reference model; the reward is the *length-normalised*
+  log-probability ``beta * log pi(y|x) / |y|`` and the loss ``-log sigmoid(r_w - r_l - gamma)``
+  asks for a margin ``gamma``.
+- **KTO** (Ethayarajh et al. 2024): an *offline* loss on *unpaired binary* labels (thumbs up /
+  down), not an RL method and not PPO. Each example is judged against a reference point
+  ``z0`` (an estimate of KL(pi || pi_ref)): desirable responses should have implicit reward
+  above it, undesirable ones below, through a sigmoid "value function" from prospect theory.
+
+ORPO (Hong et al. 2024), another reference-free variant, adds an odds-ratio term to the SFT
+loss; it is not implemented here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from llmcourse.alignment.common import sequence_logprobs
+from llmcourse.finetune.sft import SFTBatch, collate_sft, format_example, tokenize_prompt_response
+from llmcourse.utils import ShapeError
+
+__all__ = [
+    "PreferenceLossOutput",
+    "dpo_loss",
+    "ipo_loss",
+    "simpo_loss",
+    "KTOLossOutput",
+    "kto_loss",
+    "PreferenceBatch",
+    "build_preference_batch",
+    "preference_logps",
+    "preference_loss",
+]
+
+
+@dataclass
+class PreferenceLossOutput:
+    """A pairwise preference loss and what to log.
+
+    ``loss``: scalar (differentiable); ``chosen_rewards`` / ``rejected_rewards``: (B,)
+    implicit rewards (detached); ``accuracy``: share of pairs with chosen reward > rejected;
+    ``margin``: mean of ``chosen_rewards - rejected_rewards``.
+    """
+
+    loss: Tensor
+    chosen_rewards: Tensor
+    rejected_rewards: Tensor
+
+    @property
+    def accuracy(self) -> float:
+        return (self.chosen_rewards > self.rejected_rewards).float().mean().item()
+
+    @property
+    def margin(self) -> float:
+        return (self.chosen_rewards - self.rejected_rewards).mean().item()
+
+
+def _check_same_shape(**tensors: Tensor) -> None:
+    shapes = {name: tuple(t.shape) for name, t in tensors.items()}
+    first = next(iter(shapes.values()))
+    if any(len(s) != 1 for s in shapes.values()) or any(s != first for s in shapes.values()):
+        listed = ", ".join(f"{n} {s}" for n, s in shapes.items())
+        raise ShapeError(f"expected 1-D tensors (B,) of one shape, got {listed}")
+
+
+def dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float = 0.1,
+) -> PreferenceLossOutput:
+    """DPO: ``-log sigmoid(beta * ((pi_w - ref_w) - (pi_l - ref_l)))``, mean over pairs.
+
+    All inputs: (B,) sequence log-probs. ``beta`` sets how far the policy may move from the
+    reference (small beta: the KL constraint is weak).
+    """
+    _check_same_shape(
+        policy_chosen=policy_chosen_logps,
+        policy_rejected=policy_rejected_logps,
+        ref_chosen=ref_chosen_logps,
+        ref_rejected=ref_rejected_logps,
+    )
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    chosen = beta * (policy_chosen_logps - ref_chosen_logps)
+    rejected = beta * (policy_rejected_logps - ref_rejected_logps)
+    loss = -F.logsigmoid(chosen - rejected).mean()
+    return PreferenceLossOutput(loss, chosen.detach(), rejected.detach())
+
+
+def ipo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float = 0.1,
+) -> PreferenceLossOutput:
+    """IPO: ``(h - 1 / (2 beta))^2`` with ``h = (pi_w - ref_w) - (pi_l - ref_l)``.
+
+    Here ``beta`` is IPO's regularisation strength (the paper's tau): the target log-ratio
+    margin is ``1 / (2 beta)``. Rewards are reported as ``beta * log-ratio`` like DPO's.
+    Some implementations pass length-averaged log-probs; pass whichever you intend.
+    """
+    _check_same_shape(
+        policy_chosen=policy_chosen_logps,
+        policy_rejected=policy_rejected_logps,
+        ref_chosen=ref_chosen_logps,
+        ref_rejected=ref_rejected_logps,
+    )
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    chosen_ratio = policy_chosen_logps - ref_chosen_logps
+    rejected_ratio = policy_rejected_logps - ref_rejected_logps
+    loss = ((chosen_ratio - rejected_ratio - 1.0 / (2.0 * beta)) ** 2).mean()
+    return PreferenceLossOutput(
+        loss, (beta * chosen_ratio).detach(), (beta * rejected_ratio).detach()
+    )
+
+
+def simpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+    beta: float = 2.0,
+    gamma: float = 1.0,
+) -> PreferenceLossOutput:
+    """SimPO: ``-log sigmoid(beta * lp_w / |y_w| - beta * lp_l / |y_l| - gamma)``.
+
+    ``*_logps``: (B,) summed response log-probs; ``*_lengths``: (B,) response token counts.
+    No reference model. The defaults follow the scale the SimPO paper uses (beta around 2,
+    gamma / beta around 0.5); tune both.
+    """
+    _check_same_shape(
+        policy_chosen=policy_chosen_logps,
+        policy_rejected=policy_rejected_logps,
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+    )
+    if torch.any(chosen_lengths <= 0) or torch.any(rejected_lengths <= 0):
+        raise ValueError("simpo_loss: response lengths must be > 0")
+    chosen = beta * policy_chosen_logps / chosen_lengths
+    rejected = beta * policy_rejected_logps / rejected_lengths
+    loss = -F.logsigmoid(chosen - rejected - gamma).mean()
+    return PreferenceLossOutput(loss, chosen.detach(), rejected.detach())
+
+
+@dataclass
+class KTOLossOutput:
+    """KTO loss (scalar), per-example implicit rewards (B,) and the reference point used."""
+
+    loss: Tensor
+    rewards: Tensor
+    reference_point: Tensor
+    desirable: Tensor
+
+    @property
+    def accuracy(self) -> float:
+        """Share of examples on the side of the reference point their label asks for."""
+        right = torch.where(
+            self.desirable, self.rewards > self.reference_point, self.rewards < self.reference_point
+        )
+        return right.float().mean().item()
+
+
+def kto_loss(
+    policy_logps: Tensor,
+    ref_logps: Tensor,
+    desirable: Tensor,
+    beta: float = 0.1,
+    *,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+    reference_point: Tensor | float | None = None,
+) -> KTOLossOutput:
+    """KTO on unpaired examples labelled desirable (True) or undesirable (False).
+
+    With ``r = log pi(y|x) - log pi_ref(y|x)`` and reference point ``z0``::
+
+        desirable:   loss = w_D * (1 - sigmoid(beta * (r - z0)))
+        undesirable: loss = w_U * (1 - sigmoid(beta * (z0 - r)))
+
+    averaged over the batch. ``z0`` estimates KL(pi || pi_ref) and carries no gradient. The
+    paper estimates it from *mismatched* prompt/response pairs of the batch; pass such an
+    estimate as ``reference_point``. By default the detached batch mean of ``r``, clamped at
+    0, is used: a simpler, biased stand-in. ``rewards`` in the output are ``beta * r``.
+    """
+    _check_same_shape(policy=policy_logps, reference=ref_logps, desirable=desirable)
+    if desirable.dtype != torch.bool:
+        raise TypeError(f"desirable must be a bool tensor, got {desirable.dtype}")
+    ratio = policy_logps - ref_logps
+    if reference_point is None:
+        z0 = ratio.detach().mean().clamp(min=0)
+    else:
+        z0 = torch.as_tensor(reference_point, dtype=ratio.dtype, device=ratio.device).detach()
+    good = desirable_weight * (1 - torch.sigmoid(beta * (ratio - z0)))
+    bad = undesirable_weight * (1 - torch.sigmoid(beta * (z0 - ratio)))
+    loss = torch.where(desirable, good, bad).mean()
+    return KTOLossOutput(loss, (beta * ratio).detach(), beta * z0, desirable)
+
+
+# --------------------------------------------------------------------------- batching
+
+
+@dataclass
+class PreferenceBatch:
+    """Chosen and rejected responses to the same prompts, padded to one common width.
+
+    ``chosen`` and ``rejected`` are :class:`~llmcourse.finetune.sft.SFTBatch` es of B rows
+    each, targets on response tokens only.
+    """
+
+    chosen: SFTBatch
+    rejected: SFTBatch
+
+    def to(self, device: torch.device | str) -> PreferenceBatch:
+        return PreferenceBatch(self.chosen.to(device), self.rejected.to(device))
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+
+def build_preference_batch(
+    triples: Sequence[tuple[str, str, str]],
+    tokenizer,
+    *,
+    template: bool = True,
+    system: str | None = None,
+    max_length: int | None = None,
+    pad_id: int = 0,
+) -> PreferenceBatch:
+    """``(prompt, chosen, rejected)`` texts -> :class:`PreferenceBatch`.
+
+    With ``template`` (default) prompt and responses go through the chat template of
+    :mod:`llmcourse.finetune.sft`, so the response targets end with ``<|end|>``; otherwise
+    the texts are used as they are.
+    """
+    if not triples:
+        raise ValueError("build_preference_batch: got no examples")
+    examples = []
+    for i, triple in enumerate(triples):
+        if len(triple) != 3:
+            raise ValueError(
+                f"example {i}: expected (prompt, chosen, rejected), got {len(triple)} items"
+            )
+        prompt, *responses = triple
+        for response in responses:
+            if template:
+                p, r = format_example(prompt, response, system)
+            else:
+                p, r = prompt, response
+            examples.append(tokenize_prompt_response(p, r, tokenizer, max_length))
+    both = collate_sft(examples, pad_id)  # rows: c0, r0, c1, r1, ...
+    pick = (
+        lambda start: SFTBatch(  # noqa: E731
+            both.input_ids[start::2], both.targets[start::2], both.attention_mask[start::2]
+        )
+    )
+    return PreferenceBatch(pick(0), pick(1))
+
+
+def preference_logps(
+    model: nn.Module, batch: PreferenceBatch, *, average: bool = False
+) -> tuple[Tensor, Tensor]:
+    """Sequence log-probs of the chosen and rejected responses, each (B,), in one forward."""
+    ids = torch.cat([batch.chosen.input_ids, batch.rejected.input_ids])
+    targets = torch.cat([batch.chosen.targets, batch.rejected.targets])
+    logps = sequence_logprobs(model, ids, targets, average=average)
+    b = len(batch)
+    return logps[:b], logps[b:]
+
+
+def preference_loss(
+    policy: nn.Module,
+    batch: PreferenceBatch,
+    reference: nn.Module | None = None,
+    *,
+    loss_type: str = "dpo",
+    beta: float | None = None,
+    gamma: float = 1.0,
+) -> PreferenceLossOutput:
+    """One DPO / IPO / SimPO loss on a batch, computing the log-probs it needs.
+
+    ``reference`` (frozen, evaluated without gradients) is required for "dpo" and "ipo" and
+    ignored by "simpo". ``beta`` defaults to 0.1 for DPO/IPO and 2.0 for SimPO.
+    """
+    if loss_type not in ("dpo", "ipo", "simpo"):
+        raise ValueError(f"loss_type must be 'dpo', 'ipo' or 'simpo', got {loss_type!r}")
+    chosen, rejected = preference_logps(policy, batch)
+    if loss_type == "simpo":
+        lengths = [b.loss_mask.sum(dim=1).to(chosen.dtype) for b in (batch.chosen, batch.rejected)]
+        return simpo_loss(
+            chosen, rejected, *lengths, beta=2.0 if beta is None else beta, gamma=gamma
+        )
+    if reference is None:
+        raise ValueError(f"loss_type={loss_type!r} needs a reference model")
+    with torch.no_grad():
+        ref_chosen, ref_rejected = preference_logps(reference, batch)
+    fn = dpo_loss if loss_type == "dpo" else ipo_loss
+    return fn(chosen, rejected, ref_chosen, ref_rejected, beta=0.1 if beta is None else beta)
