@@ -9,6 +9,7 @@ and hidden tests never reach the staging folder at all.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -151,6 +152,10 @@ def build(root: Path | None = None, workers: int = 1) -> Path:
     out = root / "_build" / "site"
     sphinx_build(staging, out / "_build" / "html")
     html = out / "_build" / "html"
+    total = time.perf_counter() - start
+    report = {"total_seconds": round(total, 1),
+              "chapters": {r.chapter: {"seconds": round(r.seconds, 1), "cached": r.cached} for r in results}}
+    (out / "build_report.json").write_text(json.dumps(report, indent=2))
     print(f"\nWebsite built in {time.perf_counter() - start:.0f} s: open {html / 'index.html'}")
     print(f"or serve it: python -m http.server -d {html} 8000  ->  http://localhost:8000")
     return html

@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "tile_allowed",
@@ -227,6 +228,7 @@ class _FlashAttentionReference(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
         delta = attention_delta(out, grad_out)

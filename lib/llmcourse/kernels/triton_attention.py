@@ -17,8 +17,8 @@ Splitting the backward into two passes recomputes S and P once more, but every o
 then written by exactly one program: no atomic adds, deterministic results.
 
 Numerics: the matrix products run in the input dtype (fp16/bf16 on tensor cores; fp32 in full
-IEEE precision unless PyTorch's TF32 switch is on) and accumulate in float32; the softmax statistics (m, l, lse, delta)
-are float32. Exponentials use exp2 with the scale pre-multiplied by log2(e), which is what
+IEEE precision unless PyTorch's TF32 switch is on) and accumulate in float32; the softmax
+statistics (m, l, lse, delta) are float32. Exponentials use exp2 with the scale pre-multiplied by log2(e), which is what
 the hardware computes natively.
 
 Padding: head dims that are not a power of two are padded up to BLOCK_D with masked loads
@@ -34,6 +34,7 @@ from collections.abc import Callable
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from llmcourse.kernels.backend import interpreter_enabled
 from llmcourse.kernels.flash_reference import attention_delta
@@ -47,7 +48,7 @@ __all__ = [
     "FlashAttentionFunction",
 ]
 
-LOG2_E = 1.4426950408889634  # log2(e): exp(x) = exp2(x * LOG2_E)
+LOG2_E = tl.constexpr(1.4426950408889634)  # log2(e): exp(x) = exp2(x * LOG2_E)
 
 
 @triton.jit
@@ -118,7 +119,7 @@ def _attention_forward_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)  # running max (log2 units)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)  # running sum of exp2(s - m_i)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)  # running sum of p @ v
-    scale_log2 = scale * 1.4426950408889634  # work in base 2: exp(x) = exp2(x * log2(e))
+    scale_log2 = scale * LOG2_E  # work in base 2: exp(x) = exp2(x * log2(e))
 
     # With a causal mask, key blocks beyond the last query's position are skipped entirely.
     kv_end = seq_k
@@ -147,7 +148,7 @@ def _attention_forward_kernel(
     empty = l_i == 0.0  # no allowed key at all: output 0, lse = +inf (see flash_reference)
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
-    lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_safe)) / 1.4426950408889634)
+    lse = tl.where(empty, float("inf"), (m_i + tl.math.log2(l_safe)) / LOG2_E)  # natural log
 
     o_ptrs = OUT + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_ot + offs_d[None, :]
     tl.store(o_ptrs, out.to(OUT.dtype.element_ty), mask=(offs_m[:, None] < seq_q) & d_ok[None, :])
@@ -193,7 +194,7 @@ def _attention_backward_dkdv_kernel(
 
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
-    scale_log2 = scale * 1.4426950408889634
+    scale_log2 = scale * LOG2_E
 
     # With a causal mask, query blocks that end before this key block's first key cannot see
     # it: start at the block holding query i = first_key - (seq_k - seq_q).
@@ -210,7 +211,7 @@ def _attention_backward_dkdv_kernel(
         )
         lse = tl.load(LSE + batch_head * seq_q + offs_m, mask=offs_m < seq_q, other=float("inf"))
         delta = tl.load(DELTA + batch_head * seq_q + offs_m, mask=offs_m < seq_q, other=0.0)
-        lse_log2 = lse * 1.4426950408889634
+        lse_log2 = lse * LOG2_E
 
         # Rebuild this tile's probabilities from the saved lse: P = exp(S - lse).
         s = _matmul(q, tl.trans(k), PRECISION, UPCAST)  # (BLOCK_M, BLOCK_N), unscaled
@@ -264,13 +265,13 @@ def _attention_backward_dq_kernel(
     do = tl.load(DO + b * stride_dob + h * stride_doh + do_offs, mask=q_mask, other=0.0)
     lse = tl.load(LSE + batch_head * seq_q + offs_m, mask=offs_m < seq_q, other=float("inf"))
     delta = tl.load(DELTA + batch_head * seq_q + offs_m, mask=offs_m < seq_q, other=0.0)
-    lse_log2 = lse * 1.4426950408889634
+    lse_log2 = lse * LOG2_E
     k_base = K + b * stride_kb + h * stride_kh
     v_base = V + b * stride_vb + h * stride_vh
     keep_row = KEEP + b * stride_keep_b
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
-    scale_log2 = scale * 1.4426950408889634
+    scale_log2 = scale * LOG2_E
     kv_end = seq_k
     if CAUSAL:
         kv_end = tl.minimum(seq_k, (block_m + 1) * BLOCK_M + seq_k - seq_q)
@@ -484,6 +485,7 @@ class FlashAttentionFunction(torch.autograd.Function):
         return out
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         q, k, v, out, lse = ctx.saved_tensors
         delta = attention_delta(out, grad_out)  # (B, H, Tq) float32, one dot product per row

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "cross_entropy",
@@ -149,6 +150,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         return (total / kept.sum()).to(logits.dtype)  # 0/0 = nan when every row is ignored
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         logits, targets, lse, kept = ctx.saved_tensors
         grad_out = grad_out.float()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 __all__ = ["lstm_cell", "lstm_cell_forward", "lstm_cell_backward", "LSTMCellFunction"]
 
@@ -144,6 +145,7 @@ class LSTMCellFunction(torch.autograd.Function):
         return h, c
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, grad_h, grad_c):  # type: ignore[override]
         gates, c_prev = ctx.saved_tensors
         return lstm_cell_backward(gates, c_prev, grad_h, grad_c)

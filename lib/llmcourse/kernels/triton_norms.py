@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 __all__ = ["layer_norm", "rms_norm", "norm_forward", "norm_backward", "NormFunction"]
 
@@ -206,6 +207,7 @@ class NormFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, grad_y):  # type: ignore[override]
         x, weight, mean, rstd = ctx.saved_tensors
         grad_x, grad_w, grad_b = norm_backward(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 __all__ = ["apply_rope", "rope_rotate", "RopeFunction"]
 
@@ -89,6 +90,7 @@ class RopeFunction(torch.autograd.Function):
         return rope_rotate(x, cos, sin)
 
     @staticmethod
+    @once_differentiable  # the hand-written backward is not itself differentiable
     def backward(ctx, grad_out):  # type: ignore[override]
         cos, sin = ctx.saved_tensors
         return rope_rotate(grad_out, cos, sin, inverse=True), None, None
