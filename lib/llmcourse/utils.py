@@ -49,7 +49,7 @@ def check_shape(tensor: torch.Tensor, expected: Sequence[int | str | None], name
     if len(shape) != len(expected):
         raise ShapeError(f"{name}: expected {len(expected)} dims {pretty}, got shape {shape}")
     named: dict[str, int] = {}
-    for size, want in zip(shape, expected):
+    for size, want in zip(shape, expected, strict=True):
         if want is None:
             continue
         if isinstance(want, str):

@@ -52,7 +52,7 @@ def test_page_loads_cleanly_with_math_and_figures(browser, site_url, page_path):
     levels = page.evaluate(
         "() => Array.from(document.querySelectorAll('article h1, article h2, article h3, article h4, article h5, article h6')).map(h => +h.tagName[1])")
     assert levels and levels[0] == 1, f"{page_path}: the page must start with one h1, got {levels[:3]}"
-    for before, after in zip(levels, levels[1:]):
+    for before, after in zip(levels, levels[1:], strict=False):
         assert after <= before + 1, f"{page_path}: heading levels jump from h{before} to h{after}"
     page.close()
 
