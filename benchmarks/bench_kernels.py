@@ -299,6 +299,8 @@ def run_benchmarks(dtype: torch.dtype, quick: bool) -> list[Row]:
                     ms, peak = _measure(_forward_backward(impl, inputs))
                 except torch.cuda.OutOfMemoryError:
                     ms, peak = math.nan, math.nan
+                    for t in inputs:
+                        t.grad = None  # drop what the failed step left behind
                 torch.cuda.empty_cache()
                 rows.append(
                     Row(sweep.kernel, size, f"{sweep.size_name}={size}", impl_name, ms, peak)

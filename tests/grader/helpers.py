@@ -16,8 +16,15 @@ TOY = FIXTURES / "90_toy.py"
 OTHER = FIXTURES / "91_other.py"
 REPO = Repository("https://github.com/llmcourse/rnn-to-rlhf", "main")
 #: limits small enough that the corpus (timeouts, memory, disk) runs in seconds
-FAST = {"cell_timeout_s": 3.0, "notebook_timeout_s": 60.0, "memory_mb": 1536, "cpu_s": 60, "file_mb": 16,
-        "disk_mb": 48, "processes": 64}
+FAST = {
+    "cell_timeout_s": 3.0,
+    "notebook_timeout_s": 60.0,
+    "memory_mb": 1536,
+    "cpu_s": 60,
+    "file_mb": 16,
+    "disk_mb": 48,
+    "processes": 64,
+}
 
 
 def editions(path: Path) -> tuple[nbformat.NotebookNode, nbformat.NotebookNode]:

@@ -17,7 +17,7 @@ from coursegrader.grading.feedback import write_feedback
 from coursegrader.grading.sandbox import Limits, SandboxConfig
 
 from .corpus import CASES, Case, write_case
-from .helpers import FAST, editions, released_course, TOY
+from .helpers import FAST, TOY, editions, released_course
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,11 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> dict:
     config = course.sandbox_config(**FAST)
     summary = autograde(course, workers=2, progress=False, config=config, keep_results=True)
     write_feedback(course)
-    return {"course": course, "summary": summary, "results": {r.student: r for r in summary.results}}
+    return {
+        "course": course,
+        "summary": summary,
+        "results": {r.student: r for r in summary.results},
+    }
 
 
 def test_corpus_is_large_enough_and_named_by_purpose() -> None:
@@ -45,7 +49,9 @@ def test_corpus_is_large_enough_and_named_by_purpose() -> None:
 
 def test_batch_grades_every_case_once(graded: dict) -> None:
     summary = graded["summary"]
-    assert summary.grader_errors == 0, [r.error for r in summary.results if r.status == R.GRADER_ERROR]
+    assert summary.grader_errors == 0, [
+        r.error for r in summary.results if r.status == R.GRADER_ERROR
+    ]
     assert sorted(graded["results"]) == sorted(c.name for c in CASES)
 
 
@@ -54,8 +60,11 @@ def test_case_outcome(case: Case, graded: dict) -> None:
     result = graded["results"][case.name]
     expect = case.expect
     tests = {t.grade_id: t for t in result.tests}
-    detail = f"{case.name}: {result.status} {result.score}, error={result.error}, tests=" + "; ".join(
-        f"{t.grade_id}={t.status}({t.message[:80]})" for t in result.tests) + f", flags={result.flag_codes()}"
+    detail = (
+        f"{case.name}: {result.status} {result.score}, error={result.error}, tests="
+        + "; ".join(f"{t.grade_id}={t.status}({t.message[:80]})" for t in result.tests)
+        + f", flags={result.flag_codes()}"
+    )
     assert result.status == expect.status, detail
     assert result.score == expect.score, detail
     assert result.max_score == 5.0
@@ -78,9 +87,18 @@ def test_case_outcome(case: Case, graded: dict) -> None:
 
 def test_no_hidden_test_text_reaches_results_or_feedback(graded: dict, toy_assignment) -> None:
     course = graded["course"]
-    secrets = ["SECRET-ADD-CHECK", "SECRET-MEAN-CHECK", "SECRET-SCALE-CHECK", *toy_assignment.hidden_lines]
+    secrets = [
+        "SECRET-ADD-CHECK",
+        "SECRET-MEAN-CHECK",
+        "SECRET-SCALE-CHECK",
+        *toy_assignment.hidden_lines,
+    ]
     for result in graded["results"].values():
-        texts = [t.message for t in result.tests] + [c.message for c in result.cells] + [f.message for f in result.flags]
+        texts = (
+            [t.message for t in result.tests]
+            + [c.message for c in result.cells]
+            + [f.message for f in result.flags]
+        )
         for secret in secrets:
             assert not any(secret in text for text in texts), (result.student, secret)
     pages = list(Path(course.feedback_dir).rglob("*.html"))

@@ -18,13 +18,14 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     raise RuntimeError("compile_cases.py must run without TRITON_INTERPRET")
 
 import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
 from llmcourse.kernels import triton_attention as tri_attn  # noqa: E402
 from llmcourse.kernels import triton_cross_entropy as tri_ce  # noqa: E402
 from llmcourse.kernels import triton_lstm as tri_lstm  # noqa: E402
 from llmcourse.kernels import triton_norms as tri_norms  # noqa: E402
 from llmcourse.kernels import triton_rope as tri_rope  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
 
 TARGETS = {"sm80": GPUTarget("cuda", 80, 32), "sm75": GPUTarget("cuda", 75, 32)}
 FLOAT_ARGS = ("scale", "eps")  # every other non-pointer, non-constexpr argument is an int32

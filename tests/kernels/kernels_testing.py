@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+
 from llmcourse.kernels.testing import (  # noqa: F401 - re-exported for the test files
     TOLERANCES,
     assert_close,

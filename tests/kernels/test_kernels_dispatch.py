@@ -8,11 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import llmcourse.kernels as kernels
 import pytest
 import torch
 import torch.nn.functional as F
 from kernels_testing import TOLERANCES, assert_close
+
+import llmcourse.kernels as kernels
 from llmcourse.kernels import backend, reference
 from llmcourse.utils import ShapeError
 

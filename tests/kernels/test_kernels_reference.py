@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from kernels_testing import assert_close, leaf
+
 from llmcourse.kernels import flash_reference as fr
 from llmcourse.kernels import reference as ref
 

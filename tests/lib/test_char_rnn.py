@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from llmcourse.models.char_rnn import CharRNN
 from llmcourse.recurrent import detach_state, to_torch
 from llmcourse.tokenizers import CharTokenizer
 from llmcourse.utils import ShapeError
-from torch import nn
 
 TEXT = "hello world! " * 40
 

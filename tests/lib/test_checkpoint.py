@@ -28,6 +28,15 @@ from llmcourse.train.state import pack, unpack
 CFG = dict(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads; on a busy 2-core machine extra threads thrash."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _trained(seed: int = 0, **overrides):
     torch.manual_seed(seed)
     model = GPT(GPTConfig(**{**CFG, **overrides}))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import llmcourse.kernels
 import pytest
 import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+import llmcourse.kernels
 from llmcourse.recurrent import (
     GRU,
     LSTM,
@@ -20,8 +23,6 @@ from llmcourse.recurrent import (
     to_torch,
 )
 from llmcourse.utils import ShapeError
-from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 ATOL = 1e-5
 TORCH_LAYERS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}

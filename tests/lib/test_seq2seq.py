@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from llmcourse.models.seq2seq_data import (
     BOS_ID,
     DATE_FORMATS,
@@ -436,3 +437,14 @@ def test_attention_seq2seq_learns_the_date_task(one_thread):
     weights = model.greedy_decode(batch.src, max_len=11).attention  # (B, 11, 10)
     year_mass = weights[:, :4, 6:10].sum(-1).mean().item()
     assert year_mass > 0.5, f"only {year_mass:.2f} of the attention is on the year digits"
+
+
+def test_translate_decodes_strings_and_keeps_the_training_mode():
+    vocab = CharVocab()
+    model = _model("additive", vocab=vocab.vocab_size).train()
+    sources = ["3 March 2021", "12/05/98; 1 Jan 2000"]
+    out = translate(model, sources, vocab)
+    assert model.training, "translate restores the mode it found"
+    assert len(out) == 2 and all(isinstance(s, str) for s in out)
+    assert len(out[1]) <= 22, "max_len defaults to 11 tokens per date (21 characters + EOS for 2)"
+    assert translate(model, sources, vocab, beam_size=2) is not None

@@ -34,7 +34,9 @@ class AutogradeSummary:
     grader_errors: int = 0
     skipped: int = 0  # already graded against the current release
     seconds: float = 0.0
-    flagged: list[tuple[str, str, list[str]]] = field(default_factory=list)  # (student, chapter, tamper codes)
+    flagged: list[tuple[str, str, list[str]]] = field(
+        default_factory=list
+    )  # (student, chapter, tamper codes)
     results: list[SubmissionResult] = field(default_factory=list)
 
     @property
@@ -46,10 +48,17 @@ class AutogradeSummary:
         return self.total / self.seconds if self.seconds else 0.0
 
 
-def _init_worker(slots, course_path: str, db_url: str, config: SandboxConfig, max_mb: float) -> None:
+def _init_worker(
+    slots, course_path: str, db_url: str, config: SandboxConfig, max_mb: float
+) -> None:
     die_with_parent()
-    _worker.update(slot=slots.get(), course=CourseDir(course_path, db_url), config=config, max_mb=max_mb,
-                   assignments={})
+    _worker.update(
+        slot=slots.get(),
+        course=CourseDir(course_path, db_url),
+        config=config,
+        max_mb=max_mb,
+        assignments={},
+    )
 
 
 def _assignment(chapter: str) -> Assignment:
@@ -67,11 +76,27 @@ def _grade_job(job: tuple[int, str, str, str]) -> dict:
     try:
         assignment = _assignment(chapter)
         path = _worker["course"].path / stored
-        result = grade_file(path, assignment, _worker["config"], student=student, submission_id=submission_id,
-                            slot=_worker["slot"], max_mb=_worker["max_mb"])
-    except Exception as exc:  # a grader bug must not stop the batch; it is recorded and retried next run
-        result = SubmissionResult(student, chapter, submission_id, R.GRADER_ERROR, 0.0, 0.0,
-                                  error=f"grader error: {type(exc).__name__}: {exc}")
+        result = grade_file(
+            path,
+            assignment,
+            _worker["config"],
+            student=student,
+            submission_id=submission_id,
+            slot=_worker["slot"],
+            max_mb=_worker["max_mb"],
+        )
+    except (
+        Exception
+    ) as exc:  # a grader bug must not stop the batch; it is recorded and retried next run
+        result = SubmissionResult(
+            student,
+            chapter,
+            submission_id,
+            R.GRADER_ERROR,
+            0.0,
+            0.0,
+            error=f"grader error: {type(exc).__name__}: {exc}",
+        )
     return result.to_dict()
 
 
@@ -91,45 +116,97 @@ def autograde(
     gradebook = course.gradebook()
     config = config or course.sandbox_config()
     pending: list[Submission] = gradebook.to_grade(chapters, students, force=force)
-    summary = AutogradeSummary(skipped=len(gradebook.latest_submissions(chapters, students)) - len(pending))
+    summary = AutogradeSummary(
+        skipped=len(gradebook.latest_submissions(chapters, students)) - len(pending)
+    )
     if not pending:
         summary.seconds = time.monotonic() - start
         return summary
     workers = max(1, min(workers or course.settings.workers or os.cpu_count() or 1, len(pending)))
-    context = multiprocessing.get_context("spawn")
-    slots = context.Queue()
-    for slot in range(workers):
-        slots.put(slot)
     jobs = [(s.id, s.student, s.chapter, s.stored_path) for s in pending]
-    bar = tqdm(total=len(jobs), desc="autograde", unit="nb", disable=not progress, dynamic_ncols=True)
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                             initargs=(slots, str(course.path), course.db_url, config,
-                                       course.settings.max_submission_mb)) as pool:
-        futures = [pool.submit(_grade_job, job) for job in jobs]
-        for future in as_completed(futures):
-            result = SubmissionResult.from_dict(future.result())
-            gradebook.record(result)
-            if result.status == R.GRADED:
-                summary.graded += 1
-            elif result.status == R.INVALID:
-                summary.invalid += 1
-            else:
-                summary.grader_errors += 1
-            tamper = result.flag_codes((R.TAMPER,))
-            if tamper:
-                summary.flagged.append((result.student, result.chapter, tamper))
-            if keep_results:
-                summary.results.append(result)
-            bar.set_postfix_str(f"{result.student}: {result.score:g}/{result.max_score:g}", refresh=False)
-            bar.update()
+    bar = tqdm(
+        total=len(jobs), desc="autograde", unit="nb", disable=not progress, dynamic_ncols=True
+    )
+
+    def record(data: dict) -> None:
+        result = SubmissionResult.from_dict(data)
+        gradebook.record(result)
+        if result.status == R.GRADED:
+            summary.graded += 1
+        elif result.status == R.INVALID:
+            summary.invalid += 1
+        else:
+            summary.grader_errors += 1
+        tamper = result.flag_codes((R.TAMPER,))
+        if tamper:
+            summary.flagged.append((result.student, result.chapter, tamper))
+        if keep_results:
+            summary.results.append(result)
+        bar.set_postfix_str(
+            f"{result.student}: {result.score:g}/{result.max_score:g}", refresh=False
+        )
+        bar.update()
+
+    if workers == 1:  # no pool to start: grade here, one sandbox at a time
+        _worker.update(
+            slot=0,
+            course=course,
+            config=config,
+            max_mb=course.settings.max_submission_mb,
+            assignments={},
+        )
+        for job in jobs:
+            record(_grade_job(job))
+    else:
+        context = multiprocessing.get_context("spawn")
+        slots = context.Queue()
+        for slot in range(workers):
+            slots.put(slot)
+        with ProcessPoolExecutor(
+            workers,
+            mp_context=context,
+            initializer=_init_worker,
+            initargs=(
+                slots,
+                str(course.path),
+                course.db_url,
+                config,
+                course.settings.max_submission_mb,
+            ),
+        ) as pool:
+            futures = {pool.submit(_grade_job, job): job for job in jobs}
+            for future in as_completed(futures):
+                try:
+                    record(future.result())
+                except (
+                    Exception
+                ) as exc:  # a worker died (e.g. killed by the OOM killer): retried next run
+                    submission_id, student, chapter, _ = futures[future]
+                    record(
+                        SubmissionResult(
+                            student,
+                            chapter,
+                            submission_id,
+                            R.GRADER_ERROR,
+                            0.0,
+                            0.0,
+                            error=f"grader error: the worker failed ({type(exc).__name__}: {exc})",
+                        ).to_dict()
+                    )
     bar.close()
     summary.seconds = time.monotonic() - start
     return summary
 
 
-def grade_one(course: CourseDir, path: Path, chapter: str, config: SandboxConfig | None = None) -> SubmissionResult:
+def grade_one(
+    course: CourseDir, path: Path, chapter: str, config: SandboxConfig | None = None
+) -> SubmissionResult:
     """Grade a single file in this process without touching the gradebook (for tests and checks)."""
     from .engine import grade_file
 
-    return grade_file(Path(path), course.assignment(chapter), config or course.sandbox_config(),
-                      max_mb=course.settings.max_submission_mb)
+    return grade_file(
+        Path(path),
+        course.assignment(chapter),
+        config or course.sandbox_config(),
+        max_mb=course.settings.max_submission_mb,
+    )

@@ -34,7 +34,9 @@ def _chapters(course: CourseDir, names: list[str]) -> list[str] | None:
     for name in names:
         match = course.match_chapter(name)
         if match is None:
-            raise CourseError(f"{name!r} is not a released chapter (released: {', '.join(course.released()) or 'none'})")
+            raise CourseError(
+                f"{name!r} is not a released chapter (released: {', '.join(course.released()) or 'none'})"
+            )
         chosen.append(match)
     return chosen
 
@@ -46,8 +48,10 @@ def _cmd_release(args: argparse.Namespace) -> int:
     course = _course(args)
     for item in release(course, resolve_sources(find_root(), args.chapters), force=args.force):
         state = "released" if item.changed else "unchanged"
-        print(f"{item.chapter}: {state}, {item.tests} graded test cells, {item.max_score:g} points "
-              f"-> hand out {item.student_edition}")
+        print(
+            f"{item.chapter}: {state}, {item.tests} graded test cells, {item.max_score:g} points "
+            f"-> hand out {item.student_edition}"
+        )
     return 0
 
 
@@ -69,18 +73,36 @@ def _cmd_autograde(args: argparse.Namespace) -> int:
     from .sandbox import resolve_level
 
     course = _course(args)
-    config = course.sandbox_config(cell_timeout_s=args.cell_timeout, notebook_timeout_s=args.notebook_timeout,
-                                   memory_mb=args.memory_mb)
+    config = course.sandbox_config(
+        cell_timeout_s=args.cell_timeout,
+        notebook_timeout_s=args.notebook_timeout,
+        memory_mb=args.memory_mb,
+    )
     if args.sandbox:
         config.level = args.sandbox
     level = resolve_level(config)
-    print(f"sandbox: {level}" + ("" if level != "rlimits" else
-          "  (WARNING: no file-system or network isolation on this machine; see the instructor's guide)"),
-          file=sys.stderr)
-    summary = autograde(course, _chapters(course, args.chapters), args.student or None, workers=args.workers,
-                        force=args.force, progress=not args.no_progress, config=config)
-    print(f"graded {summary.graded}, invalid {summary.invalid}, grader errors {summary.grader_errors}, "
-          f"already up to date {summary.skipped} ({summary.seconds:.1f} s, {summary.throughput:.2f} notebooks/s)")
+    print(
+        f"sandbox: {level}"
+        + (
+            ""
+            if level != "rlimits"
+            else "  (WARNING: no file-system or network isolation on this machine; see the instructor's guide)"
+        ),
+        file=sys.stderr,
+    )
+    summary = autograde(
+        course,
+        _chapters(course, args.chapters),
+        args.student or None,
+        workers=args.workers,
+        force=args.force,
+        progress=not args.no_progress,
+        config=config,
+    )
+    print(
+        f"graded {summary.graded}, invalid {summary.invalid}, grader errors {summary.grader_errors}, "
+        f"already up to date {summary.skipped} ({summary.seconds:.1f} s, {summary.throughput:.2f} notebooks/s)"
+    )
     for student, chapter, codes in summary.flagged:
         print(f"  flagged: {student} {chapter}: {', '.join(codes)}")
     if summary.grader_errors:
@@ -101,8 +123,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_csv
 
     course = _course(args)
-    text = export_csv(course, Path(args.output) if args.output else None, _chapters(course, args.chapters),
-                      by_test=args.by_test)
+    text = export_csv(
+        course,
+        Path(args.output) if args.output else None,
+        _chapters(course, args.chapters),
+        by_test=args.by_test,
+    )
     if args.output:
         print(f"wrote {args.output} ({text.count(chr(10)) - 1} rows)")
     else:
@@ -134,28 +160,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     def instructor(name: str, help_: str, func) -> argparse.ArgumentParser:
         p = subparsers.add_parser(name, help=help_, description=help_)
         p.add_argument("--course", help="course folder (default: $COURSEGRADER_COURSE or ./course)")
-        p.add_argument("--db", help="SQLAlchemy URL of the gradebook (default: SQLite in the course folder)")
+        p.add_argument(
+            "--db", help="SQLAlchemy URL of the gradebook (default: SQLite in the course folder)"
+        )
         p.set_defaults(func=_guard(func))
         return p
 
-    p = instructor("release", "freeze chapters for grading and write the student editions to hand out", _cmd_release)
+    p = instructor(
+        "release",
+        "freeze chapters for grading and write the student editions to hand out",
+        _cmd_release,
+    )
     p.add_argument("chapters", nargs="*", help="chapter numbers or names (default: all)")
-    p.add_argument("--force", action="store_true", help="re-release a chapter whose content changed")
+    p.add_argument(
+        "--force", action="store_true", help="re-release a chapter whose content changed"
+    )
 
     p = instructor("collect", "collect submissions from INBOX/STUDENT/CHAPTER.ipynb", _cmd_collect)
     p.add_argument("inbox", help="folder with one sub-folder per student")
     p.add_argument("--chapter", action="append", help="only this chapter (repeatable)")
     p.add_argument("--verbose", action="store_true", help="also list unchanged files")
 
-    p = instructor("autograde", "grade every pending submission in sandboxes (resumable)", _cmd_autograde)
+    p = instructor(
+        "autograde", "grade every pending submission in sandboxes (resumable)", _cmd_autograde
+    )
     p.add_argument("chapters", nargs="*", help="chapter numbers or names (default: all)")
     p.add_argument("--student", action="append", help="only this student (repeatable)")
     p.add_argument("--workers", type=int, help="parallel sandboxes (default: number of CPUs)")
-    p.add_argument("--force", action="store_true", help="re-grade submissions that are already graded")
+    p.add_argument(
+        "--force", action="store_true", help="re-grade submissions that are already graded"
+    )
     p.add_argument("--cell-timeout", type=float, help="seconds per cell")
     p.add_argument("--notebook-timeout", type=float, help="seconds per notebook")
     p.add_argument("--memory-mb", type=int, help="address-space limit per process")
-    p.add_argument("--sandbox", choices=["auto", "namespaces", "userns", "rlimits"], help="sandbox level")
+    p.add_argument(
+        "--sandbox", choices=["auto", "namespaces", "userns", "rlimits"], help="sandbox level"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = instructor("feedback", "write an HTML feedback page per student and chapter", _cmd_feedback)
@@ -167,8 +207,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", help="file to write (default: standard output)")
     p.add_argument("--by-test", action="store_true", help="one row per test instead of per chapter")
 
-    p = subparsers.add_parser("check", help="students: run the public tests the way the grader does")
+    p = subparsers.add_parser(
+        "check", help="students: run the public tests the way the grader does"
+    )
     p.add_argument("notebook")
-    p.add_argument("--reference", help="the student edition to take the tests from (default: found in chapters/)")
+    p.add_argument(
+        "--reference",
+        help="the student edition to take the tests from (default: found in chapters/)",
+    )
     p.add_argument("--cell-timeout", type=float, default=120.0)
     p.set_defaults(func=_cmd_check)

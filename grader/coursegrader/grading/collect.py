@@ -56,28 +56,58 @@ def collect(course: CourseDir, inbox: Path, chapters: list[str] | None = None) -
                 report.append(Collected(student, None, folder, "skipped", "not a student folder"))
             continue
         if not STUDENT_NAME.match(student):
-            report.append(Collected(student, None, folder, "skipped",
-                                    "student folder names may use letters, digits and . _ @ + - only"))
+            report.append(
+                Collected(
+                    student,
+                    None,
+                    folder,
+                    "skipped",
+                    "student folder names may use letters, digits and . _ @ + - only",
+                )
+            )
             continue
         for file in sorted(folder.iterdir()):
             if file.name.startswith("."):
                 continue
             mode = os.lstat(file).st_mode
             if stat.S_ISLNK(mode) or not stat.S_ISREG(mode):
-                report.append(Collected(student, None, file, "skipped", "not a regular file (links are not followed)"))
+                report.append(
+                    Collected(
+                        student,
+                        None,
+                        file,
+                        "skipped",
+                        "not a regular file (links are not followed)",
+                    )
+                )
                 continue
             chapter = course.match_chapter(file.stem) if file.suffix == ".ipynb" else None
             if chapter is None:
-                report.append(Collected(student, None, file, "skipped",
-                                        f"not a released chapter (expected one of: {', '.join(released)}.ipynb)"))
+                report.append(
+                    Collected(
+                        student,
+                        None,
+                        file,
+                        "skipped",
+                        f"not a released chapter (expected one of: {', '.join(released)}.ipynb)",
+                    )
+                )
                 continue
             if wanted is not None and chapter not in wanted:
                 continue
             sha = _sha256(file)
             existing = gradebook.find_submission(student, chapter, sha)
             if existing is not None:
-                report.append(Collected(student, chapter, file, "unchanged",
-                                        f"identical to attempt {existing.attempt}", existing.attempt))
+                report.append(
+                    Collected(
+                        student,
+                        chapter,
+                        file,
+                        "unchanged",
+                        f"identical to attempt {existing.attempt}",
+                        existing.attempt,
+                    )
+                )
                 continue
             attempt = gradebook.next_attempt(student, chapter)
             target_dir = course.submitted_dir / student / chapter
@@ -85,13 +115,22 @@ def collect(course: CourseDir, inbox: Path, chapters: list[str] | None = None) -
             target = target_dir / f"attempt-{attempt:03d}-{sha[:8]}.ipynb"
             if target.exists():  # left by an interrupted collect: same name means same content
                 if _sha256(target) != sha:
-                    raise CourseError(f"{target} exists with other content; move it away and collect again")
+                    raise CourseError(
+                        f"{target} exists with other content; move it away and collect again"
+                    )
             else:
                 tmp = target.with_suffix(".part")
                 shutil.copyfile(file, tmp)
                 os.chmod(tmp, 0o600)
                 tmp.replace(target)
-            gradebook.add_submission(student, chapter, attempt, sha, file.stat().st_size, file.name,
-                                     str(target.relative_to(course.path)))
+            gradebook.add_submission(
+                student,
+                chapter,
+                attempt,
+                sha,
+                file.stat().st_size,
+                file.name,
+                str(target.relative_to(course.path)),
+            )
             report.append(Collected(student, chapter, file, "new", f"attempt {attempt}", attempt))
     return report

@@ -36,11 +36,11 @@ class CourseError(RuntimeError):
 class GraderSettings:
     """Settings from ``COURSE/grader.yml`` (all optional)::
 
-        db_url: postgresql+psycopg://grader:secret@127.0.0.1:5432/course
-        workers: 4
-        max_submission_mb: 256
-        sandbox: {level: auto, user: coursegrader-sandbox, readable: [/data/models]}
-        limits: {cell_timeout_s: 60, notebook_timeout_s: 900, memory_mb: 4096, threads: 1}
+    db_url: postgresql+psycopg://grader:secret@127.0.0.1:5432/course
+    workers: 4
+    max_submission_mb: 256
+    sandbox: {level: auto, user: coursegrader-sandbox, readable: [/data/models]}
+    limits: {cell_timeout_s: 60, notebook_timeout_s: 900, memory_mb: 4096, threads: 1}
     """
 
     db_url: str | None = None
@@ -54,7 +54,12 @@ class CourseDir:
     def __init__(self, path: str | Path, db_url: str | None = None) -> None:
         self.path = Path(path).resolve()
         self.settings = self._read_settings()
-        self.db_url = db_url or os.environ.get(DB_ENV) or self.settings.db_url or f"sqlite:///{self.path / 'gradebook.db'}"
+        self.db_url = (
+            db_url
+            or os.environ.get(DB_ENV)
+            or self.settings.db_url
+            or f"sqlite:///{self.path / 'gradebook.db'}"
+        )
         self._gradebook: Gradebook | None = None
 
     @classmethod
@@ -73,7 +78,9 @@ class CourseDir:
         known = {f.name for f in fields(GraderSettings)}
         unknown = set(data) - known
         if unknown:
-            raise CourseError(f"{file}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}")
+            raise CourseError(
+                f"{file}: unknown setting(s) {sorted(unknown)}; known: {sorted(known)}"
+            )
         return GraderSettings(**data)
 
     # -- folders ------------------------------------------------------------------------------
@@ -112,11 +119,19 @@ class CourseDir:
         """The released chapter, as graded (frozen instructor edition + student edition)."""
         inst, rel = self.source_dir / f"{chapter}.ipynb", self.release_dir / f"{chapter}.ipynb"
         if not inst.is_file() or not rel.is_file():
-            raise CourseError(f"chapter {chapter!r} has not been released into {self.path} (run `course release`)")
-        return load_assignment(chapter, nbformat.read(inst, as_version=4), nbformat.read(rel, as_version=4))
+            raise CourseError(
+                f"chapter {chapter!r} has not been released into {self.path} (run `course release`)"
+            )
+        return load_assignment(
+            chapter, nbformat.read(inst, as_version=4), nbformat.read(rel, as_version=4)
+        )
 
     def released(self) -> list[str]:
-        return sorted(p.stem for p in self.source_dir.glob("*.ipynb")) if self.source_dir.is_dir() else []
+        return (
+            sorted(p.stem for p in self.source_dir.glob("*.ipynb"))
+            if self.source_dir.is_dir()
+            else []
+        )
 
     def match_chapter(self, name: str) -> str | None:
         """A released chapter named exactly ``name``, or the only one whose number is ``name``."""
@@ -128,7 +143,12 @@ class CourseDir:
 
     # -- grading settings ---------------------------------------------------------------------
     def sandbox_config(self, **limit_overrides: float | None) -> SandboxConfig:
-        limits = Limits(**{**self.settings.limits, **{k: v for k, v in limit_overrides.items() if v is not None}})
+        limits = Limits(
+            **{
+                **self.settings.limits,
+                **{k: v for k, v in limit_overrides.items() if v is not None},
+            }
+        )
         sandbox = dict(self.settings.sandbox)
         forbidden = [str(self.path), *sandbox.pop("forbidden", [])]
         try:

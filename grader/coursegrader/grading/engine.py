@@ -32,7 +32,9 @@ from .submission import SubmissionError, read_submission
 INTERRUPT_GRACE_S = 3.0
 SNAPSHOT_TIMEOUT_S = 180.0
 START_TIMEOUT_S = 60.0
-PASS_TEXT = re.compile(r"(?i)(\ball\s+tests?\s+pass|\btests?\s+passed\b|\bpassed\b|[\u2713\u2714\u2705])")
+PASS_TEXT = re.compile(
+    r"(?i)(\ball\s+tests?\s+pass|\btests?\s+passed\b|\bpassed\b|[\u2713\u2714\u2705])"
+)
 MESSAGE_LIMIT = 1500
 
 
@@ -60,9 +62,14 @@ def _describe_exit(code: int | None) -> tuple[str, bool]:
             name = signal.Signals(-code).name
         except ValueError:
             name = f"signal {-code}"
-        reasons = {"SIGSEGV": "a crash (segmentation fault)", "SIGKILL": "killed (memory or CPU limit)",
-                   "SIGXCPU": "the CPU time limit", "SIGABRT": "an abort (fatal error in a library)",
-                   "SIGBUS": "a crash (bus error)", "SIGFPE": "a crash (arithmetic fault)"}
+        reasons = {
+            "SIGSEGV": "a crash (segmentation fault)",
+            "SIGKILL": "killed (memory or CPU limit)",
+            "SIGXCPU": "the CPU time limit",
+            "SIGABRT": "an abort (fatal error in a library)",
+            "SIGBUS": "a crash (bus error)",
+            "SIGFPE": "a crash (arithmetic fault)",
+        }
         return f"the grading process ended with {name}: {reasons.get(name, 'a fatal signal')}", True
     return f"the grading process exited with status {code} (os._exit or a fatal error)", False
 
@@ -70,7 +77,9 @@ def _describe_exit(code: int | None) -> tuple[str, bool]:
 class Execution:
     """Runs one plan; :meth:`run` returns an outcome per step and runtime flags."""
 
-    def __init__(self, plan: Plan, assignment: Assignment, config: SandboxConfig, slot: int = 0) -> None:
+    def __init__(
+        self, plan: Plan, assignment: Assignment, config: SandboxConfig, slot: int = 0
+    ) -> None:
         self.plan = plan
         self.assignment = assignment
         self.config = config
@@ -100,8 +109,14 @@ class Execution:
     def _snapshot(self) -> None:
         assert self.sandbox is not None and self.sandbox.channel is not None
         self.seq += 1
-        self.sandbox.channel.send({"op": "snapshot", "seq": self.seq, "prefixes": list(GUARDED_PREFIXES),
-                                   "preimport": self.assignment.preimport})
+        self.sandbox.channel.send(
+            {
+                "op": "snapshot",
+                "seq": self.seq,
+                "prefixes": list(GUARDED_PREFIXES),
+                "preimport": self.assignment.preimport,
+            }
+        )
         while True:
             reply = self.sandbox.channel.recv(SNAPSHOT_TIMEOUT_S)
             if reply.get("op") == "snapshot" and reply.get("seq") == self.seq:
@@ -120,8 +135,15 @@ class Execution:
         seq = self.seq
         start = time.monotonic()
         cell_deadline = min(start + self.limits.cell_timeout_s, self.deadline)
-        channel.send({"op": "exec", "seq": seq, "kind": step.kind, "parts": [list(p) for p in step.parts],
-                      "check": step.kind == "test"})
+        channel.send(
+            {
+                "op": "exec",
+                "seq": seq,
+                "kind": step.kind,
+                "parts": [list(p) for p in step.parts],
+                "check": step.kind == "test",
+            }
+        )
         audits: list[dict] = []
         interrupted = False
         while True:
@@ -138,7 +160,9 @@ class Execution:
             except ChannelClosed:
                 code = self.sandbox.exit_status()
                 text, _ = _describe_exit(code)
-                return Outcome("died", time.monotonic() - start, message=text, audits=audits, exit_status=code)
+                return Outcome(
+                    "died", time.monotonic() - start, message=text, audits=audits, exit_status=code
+                )
             except ForgedMessage as exc:
                 return Outcome("forged", time.monotonic() - start, message=str(exc), audits=audits)
             op = reply.get("op")
@@ -147,23 +171,36 @@ class Execution:
                 continue
             if op == "result" and reply.get("seq") == seq:
                 break
-            return Outcome("forged", time.monotonic() - start, audits=audits,
-                           message=f"an unexpected message ({op!r} for step {reply.get('seq')!r}) arrived "
-                                   "while a cell ran: something other than the grader's runner answered")
+            return Outcome(
+                "forged",
+                time.monotonic() - start,
+                audits=audits,
+                message=f"an unexpected message ({op!r} for step {reply.get('seq')!r}) arrived "
+                "while a cell ran: something other than the grader's runner answered",
+            )
         seconds = time.monotonic() - start
         if interrupted or reply.get("interrupted"):
             return self._timeout(step, start, audits, killed=False)
         status = "ok" if reply.get("status") == "ok" else "error"
-        outcome = Outcome(status, seconds, reply.get("error"), reply.get("part"), reply=reply, audits=audits)
+        outcome = Outcome(
+            status, seconds, reply.get("error"), reply.get("part"), reply=reply, audits=audits
+        )
         outcome.leftovers = len(self.sandbox.extra_processes())
         return outcome
 
     def _timeout(self, step, start: float, audits: list[dict], killed: bool) -> Outcome:
         over_notebook = time.monotonic() >= self.deadline - 1e-3
-        limit = (f"the notebook time limit of {self.limits.notebook_timeout_s:g} s" if over_notebook
-                 else f"the time limit of {self.limits.cell_timeout_s:g} s per cell")
-        outcome = Outcome("timeout", time.monotonic() - start, audits=audits,
-                          message=f"cell '{step.cell}' was stopped: it reached {limit}")
+        limit = (
+            f"the notebook time limit of {self.limits.notebook_timeout_s:g} s"
+            if over_notebook
+            else f"the time limit of {self.limits.cell_timeout_s:g} s per cell"
+        )
+        outcome = Outcome(
+            "timeout",
+            time.monotonic() - start,
+            audits=audits,
+            message=f"cell '{step.cell}' was stopped: it reached {limit}",
+        )
         outcome.reply = {"killed": killed}
         return outcome
 
@@ -175,8 +212,11 @@ class Execution:
             steps = self.plan.steps
             while index < len(steps):
                 if time.monotonic() >= self.deadline:
-                    self._not_run(index, f"not run: the notebook time limit of {self.limits.notebook_timeout_s:g} s "
-                                         "was reached before this cell")
+                    self._not_run(
+                        index,
+                        f"not run: the notebook time limit of {self.limits.notebook_timeout_s:g} s "
+                        "was reached before this cell",
+                    )
                     break
                 if self.sandbox is None:
                     self._start()
@@ -187,7 +227,8 @@ class Execution:
                 outcome = self._exec(index)
                 self.outcomes[index] = outcome
                 restart = outcome.status in ("died", "forged") or (
-                    outcome.status == "timeout" and outcome.reply.get("killed"))
+                    outcome.status == "timeout" and outcome.reply.get("killed")
+                )
                 if outcome.leftovers:
                     restart = True
                 if outcome.status == "ok" and not outcome.leftovers and steps[index].kind != "test":
@@ -207,8 +248,10 @@ class Execution:
             outcome = self._exec(index)
             if outcome.status in ("died", "forged", "timeout") or outcome.leftovers:
                 self._stop()
-                return (f"not run: after a crash the notebook could not be restored (re-running cell "
-                        f"'{self.plan.steps[index].cell}' failed: {outcome.message or outcome.status})")
+                return (
+                    f"not run: after a crash the notebook could not be restored (re-running cell "
+                    f"'{self.plan.steps[index].cell}' failed: {outcome.message or outcome.status})"
+                )
         return None
 
     def _not_run(self, start: int, message: str) -> None:
@@ -227,14 +270,25 @@ class Execution:
                     return
                 if reply.get("op") == "audit":
                     continue
-                self.flags.append(Flag("forged-result", R.TAMPER,
-                                       "An extra result message arrived after the last cell: something other "
-                                       "than the grader tried to report results.",
-                                       tests=[t.grade_id for t in self.assignment.tests]))
+                self.flags.append(
+                    Flag(
+                        "forged-result",
+                        R.TAMPER,
+                        "An extra result message arrived after the last cell: something other "
+                        "than the grader tried to report results.",
+                        tests=[t.grade_id for t in self.assignment.tests],
+                    )
+                )
                 return
         except ForgedMessage as exc:
-            self.flags.append(Flag("forged-result", R.TAMPER, str(exc),
-                                   tests=[t.grade_id for t in self.assignment.tests]))
+            self.flags.append(
+                Flag(
+                    "forged-result",
+                    R.TAMPER,
+                    str(exc),
+                    tests=[t.grade_id for t in self.assignment.tests],
+                )
+            )
         except ChannelError:
             pass
 
@@ -257,7 +311,9 @@ def _error_text(error: dict | None) -> str:
     return text
 
 
-def _runtime_flags(plan: Plan, assignment: Assignment, outcomes: dict[int, Outcome], memory_mb: int) -> list[Flag]:
+def _runtime_flags(
+    plan: Plan, assignment: Assignment, outcomes: dict[int, Outcome], memory_mb: int
+) -> list[Flag]:
     """Flags that come from running: integrity, audits, forks, exits, rebinding of helpers."""
     flags: list[Flag] = []
     binder: dict[str, tuple[str, str]] = {}  # name -> (who, where)
@@ -274,85 +330,200 @@ def _runtime_flags(plan: Plan, assignment: Assignment, outcomes: dict[int, Outco
             bad = list(dict.fromkeys(text for verdict, text in found if verdict == "tamper"))
             odd = list(dict.fromkeys(text for verdict, text in found if verdict != "tamper"))
             if bad:
-                flags.append(Flag("patched-functions", R.TAMPER,
-                                  f"While test '{step.grade_id}' ran, functions the tests rely on had been "
-                                  f"changed: {'; '.join(bad[:5])}.", tests=[step.grade_id], cell=step.cell))
+                flags.append(
+                    Flag(
+                        "patched-functions",
+                        R.TAMPER,
+                        f"While test '{step.grade_id}' ran, functions the tests rely on had been "
+                        f"changed: {'; '.join(bad[:5])}.",
+                        tests=[step.grade_id],
+                        cell=step.cell,
+                    )
+                )
             if odd:
-                flags.append(Flag("library-changed", R.REVIEW, f"During test '{step.grade_id}': {'; '.join(odd[:5])}",
-                                  cell=step.cell))
+                flags.append(
+                    Flag(
+                        "library-changed",
+                        R.REVIEW,
+                        f"During test '{step.grade_id}': {'; '.join(odd[:5])}",
+                        cell=step.cell,
+                    )
+                )
             for name in sorted(step.reads):
                 who = binder.get(name)
-                if who and who[0] == "student" and name not in assignment.solution_names and (
-                        name in instructor_names or name in BUILTIN_NAMES):
-                    kind = "a built-in" if name not in instructor_names else "a helper the tests use"
-                    flags.append(Flag("helper-redefined", R.TAMPER,
-                                      f"Your code ({who[1]}) redefined '{name}', {kind}; test '{step.grade_id}' "
-                                      "earns no points.", tests=[step.grade_id], cell=step.cell))
+                if (
+                    who
+                    and who[0] == "student"
+                    and name not in assignment.solution_names
+                    and (name in instructor_names or name in BUILTIN_NAMES)
+                ):
+                    kind = (
+                        "a built-in" if name not in instructor_names else "a helper the tests use"
+                    )
+                    flags.append(
+                        Flag(
+                            "helper-redefined",
+                            R.TAMPER,
+                            f"Your code ({who[1]}) redefined '{name}', {kind}; test '{step.grade_id}' "
+                            "earns no points.",
+                            tests=[step.grade_id],
+                            cell=step.cell,
+                        )
+                    )
         for audit in outcome.audits:
             event = audit.get("event", "")
             if event == "tamper.function_code":
                 later = [t.grade_id for t in assignment.tests]
                 if step.kind == "test":
-                    later = later[later.index(step.grade_id):] if step.grade_id in later else later
+                    later = later[later.index(step.grade_id) :] if step.grade_id in later else later
                 else:
                     following = {s.grade_id for s in plan.steps[index:] if s.kind == "test"}
                     later = [t for t in later if t in following]
-                flags.append(Flag("changed-course-function", R.TAMPER,
-                                  f"Code in {where} {audit.get('detail', '')}; the tests from here on earn no points.",
-                                  tests=later, cell=step.cell))
+                flags.append(
+                    Flag(
+                        "changed-course-function",
+                        R.TAMPER,
+                        f"Code in {where} {audit.get('detail', '')}; the tests from here on earn no points.",
+                        tests=later,
+                        cell=step.cell,
+                    )
+                )
             else:
-                flags.append(Flag(f"audit:{event}", R.REVIEW, f"{where}: {event} {audit.get('detail', '')}",
-                                  cell=step.cell))
+                flags.append(
+                    Flag(
+                        f"audit:{event}",
+                        R.REVIEW,
+                        f"{where}: {event} {audit.get('detail', '')}",
+                        cell=step.cell,
+                    )
+                )
         if outcome.leftovers:
-            flags.append(Flag("background-process", R.TAMPER,
-                              f"{where} left {outcome.leftovers} process(es) running (fork or subprocess); they were "
-                              "killed, and the tests that depend on this cell earn no points.",
-                              tests=affected, cell=step.cell))
+            flags.append(
+                Flag(
+                    "background-process",
+                    R.TAMPER,
+                    f"{where} left {outcome.leftovers} process(es) running (fork or subprocess); they were "
+                    "killed, and the tests that depend on this cell earn no points.",
+                    tests=affected,
+                    cell=step.cell,
+                )
+            )
         if outcome.status == "forged":
-            flags.append(Flag("forged-result", R.TAMPER, f"During {where}: {outcome.message}", tests=affected,
-                              cell=step.cell))
+            flags.append(
+                Flag(
+                    "forged-result",
+                    R.TAMPER,
+                    f"During {where}: {outcome.message}",
+                    tests=affected,
+                    cell=step.cell,
+                )
+            )
         if outcome.status == "died":
             text, crash = _describe_exit(outcome.exit_status)
             if crash:
-                flags.append(Flag("crash", R.ERROR, f"{where}: {text}. Grading restarted after it.", cell=step.cell))
+                flags.append(
+                    Flag(
+                        "crash",
+                        R.ERROR,
+                        f"{where}: {text}. Grading restarted after it.",
+                        cell=step.cell,
+                    )
+                )
             elif step.kind != "instructor":
-                flags.append(Flag("process-exit", R.TAMPER,
-                                  f"{where}: {text}. Exiting the grading process is not allowed; the tests that "
-                                  "depend on this cell earn no points.", tests=affected, cell=step.cell))
+                flags.append(
+                    Flag(
+                        "process-exit",
+                        R.TAMPER,
+                        f"{where}: {text}. Exiting the grading process is not allowed; the tests that "
+                        "depend on this cell earn no points.",
+                        tests=affected,
+                        cell=step.cell,
+                    )
+                )
         if outcome.status == "timeout":
-            flags.append(Flag("cell-timeout", R.ERROR, outcome.message[0].upper() + outcome.message[1:] + ".",
-                              cell=step.cell))
+            flags.append(
+                Flag(
+                    "cell-timeout",
+                    R.ERROR,
+                    outcome.message[0].upper() + outcome.message[1:] + ".",
+                    cell=step.cell,
+                )
+            )
         error = outcome.error or {}
-        if outcome.status == "error" and error.get("type") == "SystemExit" and step.kind != "instructor":
-            flags.append(Flag("sys-exit", R.TAMPER,
-                              f"{where} called sys.exit(); exiting is not allowed during grading, so the tests that "
-                              "depend on it earn no points.", tests=affected, cell=step.cell))
+        if (
+            outcome.status == "error"
+            and error.get("type") == "SystemExit"
+            and step.kind != "instructor"
+        ):
+            flags.append(
+                Flag(
+                    "sys-exit",
+                    R.TAMPER,
+                    f"{where} called sys.exit(); exiting is not allowed during grading, so the tests that "
+                    "depend on it earn no points.",
+                    tests=affected,
+                    cell=step.cell,
+                )
+            )
         if outcome.status == "error" and error.get("type") == "StdinDisabledError":
-            flags.append(Flag("input-called", R.ERROR, f"{where} called input(): keyboard input is disabled "
-                              "during grading.", cell=step.cell))
+            flags.append(
+                Flag(
+                    "input-called",
+                    R.ERROR,
+                    f"{where} called input(): keyboard input is disabled during grading.",
+                    cell=step.cell,
+                )
+            )
         if outcome.status == "error" and error.get("type") == "MemoryError":
-            flags.append(Flag("memory-limit", R.ERROR, f"{where} ran out of memory (the limit is {memory_mb} MiB).",
-                              cell=step.cell))
+            flags.append(
+                Flag(
+                    "memory-limit",
+                    R.ERROR,
+                    f"{where} ran out of memory (the limit is {memory_mb} MiB).",
+                    cell=step.cell,
+                )
+            )
         printed = reply.get("stdout") or ""
         if step.kind != "instructor" and PASS_TEXT.search(printed):
-            flags.append(Flag("printed-pass-text", R.INFO,
-                              f"{where} printed text that looks like a test result; grades come only from running "
-                              "the tests, never from printed text.", cell=step.cell))
+            flags.append(
+                Flag(
+                    "printed-pass-text",
+                    R.INFO,
+                    f"{where} printed text that looks like a test result; grades come only from running "
+                    "the tests, never from printed text.",
+                    cell=step.cell,
+                )
+            )
         threads = [t for t in reply.get("threads") or [] if t != "MainThread"]
         if threads and step.kind != "instructor":
-            flags.append(Flag("threads-left", R.REVIEW, f"{where} left threads running: {', '.join(threads[:5])}",
-                              cell=step.cell))
+            flags.append(
+                Flag(
+                    "threads-left",
+                    R.REVIEW,
+                    f"{where} left threads running: {', '.join(threads[:5])}",
+                    cell=step.cell,
+                )
+            )
         for name in reply.get("changed") or []:
             if step.kind == "instructor" or (step.kind == "test" and name in step.stores):
                 binder[name] = ("instructor", where)
                 instructor_names.add(name)
             elif step.kind == "test":
                 binder[name] = ("student", f"code called by test '{step.grade_id}'")
-                if name in step.reads and name not in assignment.solution_names and (
-                        name in instructor_names or name in BUILTIN_NAMES):
-                    flags.append(Flag("helper-redefined", R.TAMPER,
-                                      f"Code called by test '{step.grade_id}' redefined '{name}', which the test uses.",
-                                      tests=[step.grade_id], cell=step.cell))
+                if (
+                    name in step.reads
+                    and name not in assignment.solution_names
+                    and (name in instructor_names or name in BUILTIN_NAMES)
+                ):
+                    flags.append(
+                        Flag(
+                            "helper-redefined",
+                            R.TAMPER,
+                            f"Code called by test '{step.grade_id}' redefined '{name}', which the test uses.",
+                            tests=[step.grade_id],
+                            cell=step.cell,
+                        )
+                    )
             else:
                 binder[name] = ("student", where)
     return _dedupe(flags)
@@ -396,10 +567,16 @@ def score(
             if outcome.status == "ok":
                 result.status, result.points, result.message = R.PASSED, spec.points, ""
             elif outcome.status == "error":
-                part = plan.steps[index].parts[outcome.part or 0] if index is not None else ("visible",)
+                part = (
+                    plan.steps[index].parts[outcome.part or 0]
+                    if index is not None
+                    else ("visible",)
+                )
                 if (outcome.error or {}).get("type") == "NotImplementedError":
-                    result.message = (f"not solved yet: exercise '{spec.exercise}' still raises NotImplementedError "
-                                      "(replace the stub with your code)")
+                    result.message = (
+                        f"not solved yet: exercise '{spec.exercise}' still raises NotImplementedError "
+                        "(replace the stub with your code)"
+                    )
                 elif part[0] == "hidden":
                     result.message = "the visible checks passed, but a hidden test failed"
                 else:
@@ -420,7 +597,9 @@ def score(
             first = outcomes.get(solution_step[spec.exercise])
             if first is not None and first.status not in ("ok", "not run"):
                 cause = _error_text(first.error) if first.status == "error" else first.message
-                result.message = f"your exercise cell '{spec.exercise}' failed first ({cause}); {result.message}"
+                result.message = (
+                    f"your exercise cell '{spec.exercise}' failed first ({cause}); {result.message}"
+                )
         if spec.grade_id in tampered:
             result.status, result.points = R.TAMPERED, 0.0
             result.message = " ".join(dict.fromkeys(tampered[spec.grade_id]))
@@ -430,23 +609,43 @@ def score(
     cells: list[CellReport] = []
     for index, step in enumerate(plan.steps):
         outcome = outcomes.get(index)
-        if outcome is None or outcome.status == "ok" or step.kind == "test" and outcome.status == "error":
+        if (
+            outcome is None
+            or outcome.status == "ok"
+            or step.kind == "test"
+            and outcome.status == "error"
+        ):
             continue
         if outcome.status == "error":
             message = _error_text(outcome.error)
         else:
             message = outcome.message
         status = {"died": "crashed", "forged": "error"}.get(outcome.status, outcome.status)
-        cells.append(CellReport(step.cell, step.kind, status, redact(message, hidden), round(outcome.seconds, 3)))
+        cells.append(
+            CellReport(
+                step.cell, step.kind, status, redact(message, hidden), round(outcome.seconds, 3)
+            )
+        )
 
     if submission is not None:
         saved = {c.get("id"): c for c in submission.cells}
         for result in tests:
             cell = saved.get(result.grade_id)
-            if cell is not None and cell.get("had_outputs") and not cell.get("output_error") and result.status != R.PASSED:
-                flags.append(Flag("stale-outputs", R.INFO,
-                                  f"The output saved in test cell '{result.grade_id}' shows no error, but the test "
-                                  "does not pass when run; saved outputs are ignored.", cell=result.grade_id))
+            if (
+                cell is not None
+                and cell.get("had_outputs")
+                and not cell.get("output_error")
+                and result.status != R.PASSED
+            ):
+                flags.append(
+                    Flag(
+                        "stale-outputs",
+                        R.INFO,
+                        f"The output saved in test cell '{result.grade_id}' shows no error, but the test "
+                        "does not pass when run; saved outputs are ignored.",
+                        cell=result.grade_id,
+                    )
+                )
     for flag in flags:
         flag.message = redact(flag.message, hidden)
     return tests, cells, flags
@@ -464,14 +663,23 @@ def grade_notebook(
 ) -> SubmissionResult:
     """Grade an already-read submission notebook."""
     start = time.monotonic()
-    result = SubmissionResult(student, assignment.chapter, submission_id, R.GRADED, 0.0, assignment.max_score,
-                              source_sha=assignment.source_sha)
+    result = SubmissionResult(
+        student,
+        assignment.chapter,
+        submission_id,
+        R.GRADED,
+        0.0,
+        assignment.max_score,
+        source_sha=assignment.source_sha,
+    )
     try:
         plan = build_plan(submission, assignment)
     except WrongChapter as exc:
         result.status, result.error = R.INVALID, str(exc)
-        result.tests = [TestResult(t.grade_id, 0.0, t.points, R.NOT_RUN, "not graded: " + str(exc), t.hidden)
-                        for t in assignment.tests]
+        result.tests = [
+            TestResult(t.grade_id, 0.0, t.points, R.NOT_RUN, "not graded: " + str(exc), t.hidden)
+            for t in assignment.tests
+        ]
         return result
     execution = Execution(plan, assignment, config, slot)
     try:
@@ -480,8 +688,9 @@ def grade_notebook(
         result.status, result.error = R.GRADER_ERROR, f"the sandbox failed: {exc}"
         return result
     result.sandbox = execution.level
-    result.tests, result.cells, result.flags = score(plan, assignment, outcomes, runtime_flags, submission,
-                                                     config.limits.memory_mb)
+    result.tests, result.cells, result.flags = score(
+        plan, assignment, outcomes, runtime_flags, submission, config.limits.memory_mb
+    )
     result.flags = (file_flags or []) + result.flags
     result.score = float(sum(t.points for t in result.tests))
     result.seconds = round(time.monotonic() - start, 3)
@@ -503,11 +712,35 @@ def grade_file(
     try:
         notebook, file_flags = read_submission(path, max_mb)
     except SubmissionError as exc:
-        result = SubmissionResult(student, assignment.chapter, submission_id, R.INVALID, 0.0, assignment.max_score,
-                                  error=str(exc), source_sha=assignment.source_sha)
-        result.tests = [TestResult(t.grade_id, 0.0, t.points, R.NOT_RUN, "not graded: the file could not be read",
-                                   t.hidden) for t in assignment.tests]
+        result = SubmissionResult(
+            student,
+            assignment.chapter,
+            submission_id,
+            R.INVALID,
+            0.0,
+            assignment.max_score,
+            error=str(exc),
+            source_sha=assignment.source_sha,
+        )
+        result.tests = [
+            TestResult(
+                t.grade_id,
+                0.0,
+                t.points,
+                R.NOT_RUN,
+                "not graded: the file could not be read",
+                t.hidden,
+            )
+            for t in assignment.tests
+        ]
         result.seconds = round(time.monotonic() - start, 3)
         return result
-    return grade_notebook(notebook, assignment, config, student=student, submission_id=submission_id, slot=slot,
-                          file_flags=file_flags)
+    return grade_notebook(
+        notebook,
+        assignment,
+        config,
+        student=student,
+        submission_id=submission_id,
+        slot=slot,
+        file_flags=file_flags,
+    )

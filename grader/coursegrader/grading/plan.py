@@ -28,8 +28,18 @@ from .results import ERROR, INFO, TAMPER, Flag
 DEMO_TAG = "demo"
 #: modules whose functions the tests trust; their identities are snapshotted before student code
 GUARDED_PREFIXES = (
-    "builtins", "math", "cmath", "operator", "functools", "itertools", "statistics", "random",
-    "numpy", "torch", "llmcourse", "unittest",
+    "builtins",
+    "math",
+    "cmath",
+    "operator",
+    "functools",
+    "itertools",
+    "statistics",
+    "random",
+    "numpy",
+    "torch",
+    "llmcourse",
+    "unittest",
 )
 #: imported before the snapshot when the chapter uses their root module
 COMPARISON_MODULES = {"numpy": ["numpy", "numpy.testing"], "torch": ["torch", "torch.testing"]}
@@ -43,6 +53,8 @@ class WrongChapter(ValueError):
 
 @dataclass
 class TestSpec:
+    __test__ = False  # not a pytest test class
+
     grade_id: str
     points: float
     exercise: str | None  # grade id of the solution cell it tests (the nearest one above)
@@ -59,10 +71,14 @@ class Assignment:
     source_sha: str
     tests: list[TestSpec]
     solutions: list[str]
-    solution_names: set[str]  # names the instructor's solution cells define (students may define them)
+    solution_names: set[
+        str
+    ]  # names the instructor's solution cells define (students may define them)
     preimport: list[str]
     hidden_lines: list[str]  # every non-trivial hidden-test line (never shown to students)
-    hidden_literals: list[str] = field(default_factory=list)  # string literals of hidden tests (redacted too)
+    hidden_literals: list[str] = field(
+        default_factory=list
+    )  # string literals of hidden tests (redacted too)
 
     @property
     def redactions(self) -> list[str]:
@@ -74,7 +90,11 @@ class Assignment:
 
     @property
     def exercise_ids(self) -> set[str]:
-        return {chapter_source.grade_id(c) for c in self.release.cells if chapter_source.nbgrader_meta(c)}
+        return {
+            chapter_source.grade_id(c)
+            for c in self.release.cells
+            if chapter_source.nbgrader_meta(c)
+        }
 
 
 @dataclass
@@ -122,7 +142,9 @@ def split_test(source: str) -> list[tuple[str, str]]:
             parts.append(("visible", []))
         else:
             parts[-1][1].append(line)
-    return [(label, "\n".join(lines)) for label, lines in parts if any(line.strip() for line in lines)]
+    return [
+        (label, "\n".join(lines)) for label, lines in parts if any(line.strip() for line in lines)
+    ]
 
 
 def neutralize_magics(code: str) -> tuple[str, int]:
@@ -157,7 +179,9 @@ def _symbols(code: str) -> tuple[set[str], set[str]]:
     while stack:
         scope = stack.pop()
         reads |= {s.get_name() for s in scope.get_symbols() if s.is_referenced() and s.is_global()}
-        stores |= {s.get_name() for s in scope.get_symbols() if s.is_declared_global() and s.is_assigned()}
+        stores |= {
+            s.get_name() for s in scope.get_symbols() if s.is_declared_global() and s.is_assigned()
+        }
         stack.extend(scope.get_children())
     return reads - stores, stores
 
@@ -168,8 +192,11 @@ def _literals(code: str, shortest: int = 6) -> list[str]:
         tree = ast.parse(code)
     except SyntaxError:
         return []
-    found = {node.value.strip() for node in ast.walk(tree)
-             if isinstance(node, ast.Constant) and isinstance(node.value, str)}
+    found = {
+        node.value.strip()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str)
+    }
     return sorted((text for text in found if len(text) >= shortest), key=len, reverse=True)
 
 
@@ -177,10 +204,14 @@ def _normal(text: str) -> str:
     return "\n".join(line.rstrip() for line in text.strip().splitlines())
 
 
-def load_assignment(chapter: str, instructor: nbformat.NotebookNode, release: nbformat.NotebookNode) -> Assignment:
+def load_assignment(
+    chapter: str, instructor: nbformat.NotebookNode, release: nbformat.NotebookNode
+) -> Assignment:
     """Describe a released chapter from its two editions (their cells align one to one by id)."""
     if [c.get("id") for c in instructor.cells] != [c.get("id") for c in release.cells]:
-        raise ValueError(f"{chapter}: the instructor and student editions do not have the same cells")
+        raise ValueError(
+            f"{chapter}: the instructor and student editions do not have the same cells"
+        )
     tests, solutions, solution_names, hidden_lines, hidden_literals = [], [], set(), [], []
     exercise = None
     roots = set()
@@ -194,24 +225,44 @@ def load_assignment(chapter: str, instructor: nbformat.NotebookNode, release: nb
         elif chapter_source.is_test_cell(cell):
             parts = split_test(cell.source)
             hidden = [code for label, code in parts if label == "hidden"]
-            hidden_lines += [ln.strip() for code in hidden for ln in code.splitlines() if len(ln.strip()) >= 8]
+            hidden_lines += [
+                ln.strip() for code in hidden for ln in code.splitlines() if len(ln.strip()) >= 8
+            ]
             hidden_literals += [text for code in hidden for text in _literals(code)]
             meta = chapter_source.nbgrader_meta(cell)
             tests.append(TestSpec(meta["grade_id"], float(meta["points"]), exercise, bool(hidden)))
         if not chapter_source.is_solution_cell(cell) and not is_demo(cell):
-            roots |= {m.group(1) for m in re.finditer(r"^\s*(?:import|from)\s+([A-Za-z_]\w*)", cell.source, re.M)}
+            roots |= {
+                m.group(1)
+                for m in re.finditer(r"^\s*(?:import|from)\s+([A-Za-z_]\w*)", cell.source, re.M)
+            }
     preimport = [m for root in sorted(roots) for m in COMPARISON_MODULES.get(root, [])]
     digest = hashlib.sha256(nbformat.writes(instructor).encode()).hexdigest()
-    return Assignment(chapter, instructor, release, digest, tests, solutions, solution_names, preimport, hidden_lines,
-                      sorted(set(hidden_literals), key=len, reverse=True))
+    return Assignment(
+        chapter,
+        instructor,
+        release,
+        digest,
+        tests,
+        solutions,
+        solution_names,
+        preimport,
+        hidden_lines,
+        sorted(set(hidden_literals), key=len, reverse=True),
+    )
 
 
-def _index_submission(nb: nbformat.NotebookNode) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+def _index_submission(
+    nb: nbformat.NotebookNode,
+) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     by_grade: dict[str, list[int]] = {}
     by_id: dict[str, list[int]] = {}
     for index, cell in enumerate(nb.cells):
-        gid = chapter_source.nbgrader_meta(cell).get("grade_id") if isinstance(
-            cell.get("metadata", {}).get("nbgrader"), dict) else None
+        gid = (
+            chapter_source.nbgrader_meta(cell).get("grade_id")
+            if isinstance(cell.get("metadata", {}).get("nbgrader"), dict)
+            else None
+        )
         if gid:
             by_grade.setdefault(str(gid), []).append(index)
         if cell.get("id"):
@@ -227,6 +278,7 @@ def build_plan(submission: nbformat.NotebookNode, assignment: Assignment) -> Pla
     matched: dict[int, int] = {}  # submission index -> release index
 
     def find(rindex: int) -> int | None:
+        """The submission cell of release cell ``rindex``: by grade id, then cell id."""
         rcell = assignment.release.cells[rindex]
         gid = chapter_source.grade_id(rcell)
         candidates = by_grade.get(gid, []) if gid else []
@@ -234,18 +286,36 @@ def build_plan(submission: nbformat.NotebookNode, assignment: Assignment) -> Pla
         for i in preferred + candidates + by_id.get(rcell.get("id"), []):
             if i not in matched:
                 return i
-        for i, cell in enumerate(submission.cells):  # notebooks saved without cell ids (nbformat < 4.5)
-            if i not in matched and not cell.get("id") and cell.source == rcell.source:
-                return i
         return None
 
     for rindex, _ in enumerate(assignment.release.cells):
         found = find(rindex)
         if found is not None:
             matched[found] = rindex
+    # Cells that lost their ids (old formats, conversions): match ordinary cells by their text.
+    unmatched = set(range(len(assignment.release.cells))) - set(matched.values())
+    for rindex in sorted(unmatched):
+        rcell = assignment.release.cells[rindex]
+        if chapter_source.nbgrader_meta(rcell):
+            continue
+        for i, cell in enumerate(submission.cells):
+            if (
+                i not in matched
+                and cell.get("id") not in release_ids
+                and cell.cell_type == rcell.cell_type
+                and _normal(cell.source) == _normal(rcell.source)
+            ):
+                matched[i] = rindex
+                break
 
-    graded_ids = {chapter_source.grade_id(c) for c in assignment.release.cells if chapter_source.nbgrader_meta(c)}
-    matched_graded = {chapter_source.grade_id(assignment.release.cells[r]) for r in matched.values()} & graded_ids
+    graded_ids = {
+        chapter_source.grade_id(c)
+        for c in assignment.release.cells
+        if chapter_source.nbgrader_meta(c)
+    }
+    matched_graded = {
+        chapter_source.grade_id(assignment.release.cells[r]) for r in matched.values()
+    } & graded_ids
     if graded_ids and not matched_graded:
         raise WrongChapter(
             f"this notebook contains none of the exercises of {assignment.chapter} "
@@ -253,7 +323,13 @@ def build_plan(submission: nbformat.NotebookNode, assignment: Assignment) -> Pla
         )
     order = [matched[i] for i in sorted(matched)]
     if order != sorted(order):
-        flags.append(Flag("cells-reordered", INFO, "Some cells were moved; they were run in the original order."))
+        flags.append(
+            Flag(
+                "cells-reordered",
+                INFO,
+                "Some cells were moved; they were run in the original order.",
+            )
+        )
 
     # Student-added cells, anchored after the release cell that precedes them.
     added: dict[int, list[int]] = {}
@@ -264,9 +340,14 @@ def build_plan(submission: nbformat.NotebookNode, assignment: Assignment) -> Pla
             continue
         meta = cell.get("metadata", {}).get("nbgrader")
         if isinstance(meta, dict) and meta.get("grade_id"):
-            flags.append(Flag("unknown-grade-id", INFO,
-                              f"A cell with the unknown grade id '{meta.get('grade_id')}' was ignored "
-                              "(grade ids must not be changed)."))
+            flags.append(
+                Flag(
+                    "unknown-grade-id",
+                    INFO,
+                    f"A cell with the unknown grade id '{meta.get('grade_id')}' was ignored "
+                    "(grade ids must not be changed).",
+                )
+            )
             continue
         if cell.cell_type == "code" and cell.source.strip():
             added.setdefault(anchor, []).append(index)
@@ -282,11 +363,17 @@ def build_plan(submission: nbformat.NotebookNode, assignment: Assignment) -> Pla
             cell = submission.cells[index]
             code, count = neutralize_magics(cell.source)
             magic_lines += count
-            name = cell.get("id") if cell.get("id") and cell.get("id") not in release_ids else f"added-{index}"
+            name = (
+                cell.get("id")
+                if cell.get("id") and cell.get("id") not in release_ids
+                else f"added-{index}"
+            )
             steps.append(Step(str(name), "student", [("code", f"<student {name}>", code)]))
 
     add_student_cells(-1)
-    for rindex, (icell, rcell) in enumerate(zip(assignment.instructor.cells, assignment.release.cells, strict=True)):
+    for rindex, (icell, rcell) in enumerate(
+        zip(assignment.instructor.cells, assignment.release.cells, strict=True)
+    ):
         sub_index = release_to_sub.get(rindex)
         sub = submission.cells[sub_index] if sub_index is not None else None
         gid = chapter_source.grade_id(icell)
@@ -295,70 +382,154 @@ def build_plan(submission: nbformat.NotebookNode, assignment: Assignment) -> Pla
             continue
         if chapter_source.is_solution_cell(icell):
             if sub is None or sub.cell_type != "code":
-                missing[gid] = (f"the exercise cell '{gid}' is missing from your notebook, so its tests cannot pass "
-                                "(do not delete or retype exercise cells; copy your code into a fresh notebook)")
-                flags.append(Flag("solution-cell-missing", ERROR, f"The exercise cell '{gid}' is missing.", cell=gid))
+                missing[gid] = (
+                    f"the exercise cell '{gid}' is missing from your notebook, so its tests cannot pass "
+                    "(do not delete or retype exercise cells; copy your code into a fresh notebook)"
+                )
+                flags.append(
+                    Flag(
+                        "solution-cell-missing",
+                        ERROR,
+                        f"The exercise cell '{gid}' is missing.",
+                        cell=gid,
+                    )
+                )
             else:
-                sub_gid = (sub.metadata.get("nbgrader") or {}).get("grade_id") if isinstance(
-                    sub.metadata.get("nbgrader"), dict) else None
+                sub_gid = (
+                    (sub.metadata.get("nbgrader") or {}).get("grade_id")
+                    if isinstance(sub.metadata.get("nbgrader"), dict)
+                    else None
+                )
                 if sub_gid not in (None, gid):
-                    flags.append(Flag("grade-id-changed", TAMPER,
-                                      f"The grade id of exercise cell '{gid}' was changed to '{sub_gid}'.",
-                                      tests=[t.grade_id for t in assignment.tests if t.exercise == gid], cell=gid))
+                    flags.append(
+                        Flag(
+                            "grade-id-changed",
+                            TAMPER,
+                            f"The grade id of exercise cell '{gid}' was changed to '{sub_gid}'.",
+                            tests=[t.grade_id for t in assignment.tests if t.exercise == gid],
+                            cell=gid,
+                        )
+                    )
                 code, count = neutralize_magics(sub.source)
                 magic_lines += count
-                steps.append(Step(gid, "solution", [("code", f"<solution {gid}>", code)], grade_id=gid))
+                steps.append(
+                    Step(gid, "solution", [("code", f"<solution {gid}>", code)], grade_id=gid)
+                )
         elif chapter_source.is_test_cell(icell):
             flags += _check_test_cell(gid, rcell, icell, sub)
-            parts = [(label, f"<{'test' if label == 'visible' else 'hidden'} {gid}>", code)
-                     for label, code in split_test(icell.source)]
+            parts = [
+                (label, f"<{'test' if label == 'visible' else 'hidden'} {gid}>", code)
+                for label, code in split_test(icell.source)
+            ]
             reads, stores = _symbols(icell.source)
             steps.append(Step(gid, "test", parts, grade_id=gid, reads=reads, stores=stores))
         else:
-            if sub is not None and chapter_source.nbgrader_meta(rcell).get("locked") and _normal(sub.source) != _normal(rcell.source):
-                flags.append(Flag("locked-cell-edited", INFO,
-                                  f"Your edits to the read-only cell '{icell.get('id')}' were ignored."))
+            if (
+                sub is not None
+                and chapter_source.nbgrader_meta(rcell).get("locked")
+                and _normal(sub.source) != _normal(rcell.source)
+            ):
+                flags.append(
+                    Flag(
+                        "locked-cell-edited",
+                        INFO,
+                        f"Your edits to the read-only cell '{icell.get('id')}' were ignored.",
+                    )
+                )
             code, _ = neutralize_magics(icell.source)
             reads, stores = _symbols(code)
-            steps.append(Step(str(icell.get("id")), "instructor", [("code", f"<cell {icell.get('id')}>", code)],
-                              stores=stores))
+            steps.append(
+                Step(
+                    str(icell.get("id")),
+                    "instructor",
+                    [("code", f"<cell {icell.get('id')}>", code)],
+                    stores=stores,
+                )
+            )
         add_student_cells(rindex)
     if magic_lines:
-        flags.append(Flag("magics-ignored", INFO,
-                          f"{magic_lines} IPython magic or shell line(s) (starting with % or !) were skipped."))
+        flags.append(
+            Flag(
+                "magics-ignored",
+                INFO,
+                f"{magic_lines} IPython magic or shell line(s) (starting with % or !) were skipped.",
+            )
+        )
     count_added = sum(len(v) for v in added.values())
     if count_added:
-        flags.append(Flag("cells-added", INFO, f"{count_added} cell(s) you added were run where you put them."))
+        flags.append(
+            Flag(
+                "cells-added", INFO, f"{count_added} cell(s) you added were run where you put them."
+            )
+        )
     return Plan(steps, flags, missing)
 
 
 def _check_test_cell(
-    gid: str, release_cell: nbformat.NotebookNode, instructor_cell: nbformat.NotebookNode, sub: nbformat.NotebookNode | None
+    gid: str,
+    release_cell: nbformat.NotebookNode,
+    instructor_cell: nbformat.NotebookNode,
+    sub: nbformat.NotebookNode | None,
 ) -> list[Flag]:
     """Tamper flags for one test cell of the submission (it is restored either way).
 
     The submitted cell must equal the student edition's cell, or the instructor's (an instructor
     edition submitted as a reference is not tampering)."""
     if sub is None:
-        return [Flag("test-cell-deleted", TAMPER,
-                     f"The test cell '{gid}' was deleted. It was restored and run, but earns no points.",
-                     tests=[gid], cell=gid)]
+        return [
+            Flag(
+                "test-cell-deleted",
+                TAMPER,
+                f"The test cell '{gid}' was deleted. It was restored and run, but earns no points.",
+                tests=[gid],
+                cell=gid,
+            )
+        ]
     flags = []
     meta = sub.metadata.get("nbgrader") if isinstance(sub.metadata.get("nbgrader"), dict) else {}
     want = chapter_source.nbgrader_meta(release_cell)
-    if sub.cell_type != "code" or _normal(sub.source) not in (_normal(release_cell.source), _normal(instructor_cell.source)):
-        flags.append(Flag("test-cell-edited", TAMPER,
-                          f"The test cell '{gid}' was edited. The original was run, but it earns no points.",
-                          tests=[gid], cell=gid))
+    if sub.cell_type != "code" or _normal(sub.source) not in (
+        _normal(release_cell.source),
+        _normal(instructor_cell.source),
+    ):
+        flags.append(
+            Flag(
+                "test-cell-edited",
+                TAMPER,
+                f"The test cell '{gid}' was edited. The original was run, but it earns no points.",
+                tests=[gid],
+                cell=gid,
+            )
+        )
     if meta.get("grade_id", gid) != gid:
-        flags.append(Flag("grade-id-changed", TAMPER,
-                          f"The grade id of test cell '{gid}' was changed to '{meta.get('grade_id')}'.",
-                          tests=[gid], cell=gid))
+        flags.append(
+            Flag(
+                "grade-id-changed",
+                TAMPER,
+                f"The grade id of test cell '{gid}' was changed to '{meta.get('grade_id')}'.",
+                tests=[gid],
+                cell=gid,
+            )
+        )
     if "points" in meta and meta.get("points") != want.get("points"):
-        flags.append(Flag("points-changed", TAMPER,
-                          f"The points of test cell '{gid}' were changed from {want.get('points')} to "
-                          f"{meta.get('points')!r}.", tests=[gid], cell=gid))
+        flags.append(
+            Flag(
+                "points-changed",
+                TAMPER,
+                f"The points of test cell '{gid}' were changed from {want.get('points')} to "
+                f"{meta.get('points')!r}.",
+                tests=[gid],
+                cell=gid,
+            )
+        )
     if meta and (not meta.get("grade") or meta.get("solution")):
-        flags.append(Flag("cell-type-changed", TAMPER,
-                          f"The nbgrader settings of test cell '{gid}' were changed.", tests=[gid], cell=gid))
+        flags.append(
+            Flag(
+                "cell-type-changed",
+                TAMPER,
+                f"The nbgrader settings of test cell '{gid}' were changed.",
+                tests=[gid],
+                cell=gid,
+            )
+        )
     return flags

@@ -74,7 +74,9 @@ class Channel:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.runner_pid: int | None = None  # learnt from the first message (sent before any student code)
+        self.runner_pid: int | None = (
+            None  # learnt from the first message (sent before any student code)
+        )
         self._parts: list[bytes] = []
         self._size = 0
 
@@ -93,7 +95,9 @@ class Channel:
             raise ChannelTimeout("no message before the deadline")
         try:
             if HAS_CREDENTIALS:
-                data, ancillary, _flags, _addr = self.sock.recvmsg(FRAME + 1, socket.CMSG_SPACE(_UCRED.size))
+                data, ancillary, _flags, _addr = self.sock.recvmsg(
+                    FRAME + 1, socket.CMSG_SPACE(_UCRED.size)
+                )
             else:
                 data, ancillary = self.sock.recv(FRAME + 1), []
         except OSError as exc:

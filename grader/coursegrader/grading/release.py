@@ -31,10 +31,16 @@ def resolve_sources(root: Path, names: list[str]) -> list[Path]:
         return sources
     chosen = []
     for name in names:
-        hits = [p for p in sources if p.stem == name or p.stem.split("_", 1)[0] == name or p == Path(name).resolve()]
+        hits = [
+            p
+            for p in sources
+            if p.stem == name or p.stem.split("_", 1)[0] == name or p == Path(name).resolve()
+        ]
         if len(hits) != 1:
             known = ", ".join(p.stem for p in sources) or "none"
-            raise CourseError(f"no single chapter source matches {name!r} in {root / 'solutions'} (chapters: {known})")
+            raise CourseError(
+                f"no single chapter source matches {name!r} in {root / 'solutions'} (chapters: {known})"
+            )
         chosen.append(hits[0])
     return chosen
 
@@ -46,7 +52,9 @@ def _write(path: Path, nb: nbformat.NotebookNode, mode: int) -> None:
     tmp.replace(path)
 
 
-def release(course: CourseDir, sources: list[Path], repo: Repository | None = None, force: bool = False) -> list[Released]:
+def release(
+    course: CourseDir, sources: list[Path], repo: Repository | None = None, force: bool = False
+) -> list[Released]:
     """Release each chapter source: instructor edition to ``source/``, student edition to ``release/``.
 
     Re-releasing a chapter whose content changed requires ``force`` (its submissions are then
@@ -67,9 +75,22 @@ def release(course: CourseDir, sources: list[Path], repo: Repository | None = No
                 f"{chapter} was already released with different content. Re-release with --force: "
                 "the next autograde then re-grades its submissions against the new version."
             )
-        _write(course.source_dir / f"{chapter}.ipynb", instructor, 0o600)  # hidden tests: instructor only
+        _write(
+            course.source_dir / f"{chapter}.ipynb", instructor, 0o600
+        )  # hidden tests: instructor only
         _write(course.release_dir / f"{chapter}.ipynb", student, 0o644)  # to hand out
-        tests = [{"grade_id": t.grade_id, "points": t.points, "hidden": t.hidden} for t in assignment.tests]
+        tests = [
+            {"grade_id": t.grade_id, "points": t.points, "hidden": t.hidden}
+            for t in assignment.tests
+        ]
         gradebook.release(chapter, assignment.source_sha, tests, assignment.max_score)
-        done.append(Released(chapter, course.release_dir / f"{chapter}.ipynb", assignment.max_score, len(tests), changed))
+        done.append(
+            Released(
+                chapter,
+                course.release_dir / f"{chapter}.ipynb",
+                assignment.max_score,
+                len(tests),
+                changed,
+            )
+        )
     return done

@@ -34,12 +34,16 @@ class Flag:
     code: str  # short machine name, e.g. "test-cell-edited"
     severity: str  # one of SEVERITIES
     message: str  # for the student (or the instructor, for "review")
-    tests: list[str] = field(default_factory=list)  # grade ids this flag zeroes (tamper) or concerns
+    tests: list[str] = field(
+        default_factory=list
+    )  # grade ids this flag zeroes (tamper) or concerns
     cell: str | None = None  # the cell it is about, if any
 
 
 @dataclass
 class TestResult:
+    __test__ = False  # not a pytest test class
+
     grade_id: str
     points: float  # earned
     max_points: float

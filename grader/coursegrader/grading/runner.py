@@ -167,7 +167,14 @@ def _make_encoder():
         if kind is _list or kind is _tuple:
             return "[" + _join(",", [encode(x) for x in obj]) + "]"
         if kind is _dict:
-            return "{" + _join(",", ['"' + _hex(_enc(_str(k), "utf-8")) + '":' + encode(v) for k, v in obj.items()]) + "}"
+            return (
+                "{"
+                + _join(
+                    ",",
+                    ['"' + _hex(_enc(_str(k), "utf-8")) + '":' + encode(v) for k, v in obj.items()],
+                )
+                + "}"
+            )
         return encode(_str(obj))
 
     return encode
@@ -237,7 +244,9 @@ def _take_snapshot(prefixes: tuple, modules: dict, ns: dict) -> list:
         for modname, module in list(modules.items()):
             if type(module) is not types.ModuleType or not _guarded(modname, prefixes):
                 continue
-            entries.append((f"sys.modules[{modname!r}]", modules, modname, module, None, None, None))
+            entries.append(
+                (f"sys.modules[{modname!r}]", modules, modname, module, None, None, None)
+            )
             mapping = module.__dict__
             for key, value in list(mapping.items()):
                 if not _behavioural(value):
@@ -248,15 +257,39 @@ def _take_snapshot(prefixes: tuple, modules: dict, ns: dict) -> list:
                         continue
                     cls_map = value.__dict__
                     for attr, member in list(cls_map.items()):
-                        if _behavioural(member) or type(member) in (staticmethod, classmethod, property):
-                            entries.append(_entry(f"{modname}.{key}.{attr}", cls_map, attr, member, function))
-    entries.append(("the notebook's __builtins__", ns, "__builtins__", ns.get("__builtins__"), None, None, None))
+                        if _behavioural(member) or type(member) in (
+                            staticmethod,
+                            classmethod,
+                            property,
+                        ):
+                            entries.append(
+                                _entry(f"{modname}.{key}.{attr}", cls_map, attr, member, function)
+                            )
+    entries.append(
+        (
+            "the notebook's __builtins__",
+            ns,
+            "__builtins__",
+            ns.get("__builtins__"),
+            None,
+            None,
+            None,
+        )
+    )
     return entries
 
 
 def _entry(label: str, mapping, key: str, value, function) -> tuple:
     if type(value) is function:
-        return (label, mapping, key, value, value.__code__, value.__defaults__, value.__kwdefaults__)
+        return (
+            label,
+            mapping,
+            key,
+            value,
+            value.__code__,
+            value.__defaults__,
+            value.__kwdefaults__,
+        )
     return (label, mapping, key, value, None, None, None)
 
 
@@ -285,7 +318,11 @@ def _origin(obj, depth: int = 0) -> str:
         return "library" if type(file) is str and not file.startswith("<") else "unknown"
     mro = type.__dict__["__mro__"].__get__(kind)
     if issubclass(kind, type):  # a class: judged by the functions it defines
-        found = [_file_origin(v.__code__.co_filename) for v in obj.__dict__.values() if type(v) is types.FunctionType]
+        found = [
+            _file_origin(v.__code__.co_filename)
+            for v in obj.__dict__.values()
+            if type(v) is types.FunctionType
+        ]
         for verdict in ("student", "unknown", "course", "library"):
             if verdict in found:
                 return verdict
@@ -325,9 +362,15 @@ def _check_snapshot(entries: list, gettrace, getprofile, limit: int = 20) -> lis
                 changed.append(list(verdict))
         elif code is not None and value.__code__ is not code:
             origin = _file_origin(value.__code__.co_filename)
-            changed.append(["tamper" if origin in ("student", "unknown") else "review",
-                            f"the code of {label} was replaced"])
-        elif code is not None and (value.__defaults__ is not defaults or value.__kwdefaults__ is not kwdefaults):
+            changed.append(
+                [
+                    "tamper" if origin in ("student", "unknown") else "review",
+                    f"the code of {label} was replaced",
+                ]
+            )
+        elif code is not None and (
+            value.__defaults__ is not defaults or value.__kwdefaults__ is not kwdefaults
+        ):
             changed.append(["tamper", f"the default arguments of {label} were changed"])
         if len(changed) >= limit:
             break
@@ -374,7 +417,14 @@ def main(argv: list[str]) -> None:
     frame_size = 60_000
     my_pid = getpid()
     function_type, exit_now = types.FunctionType, os._exit
-    state = {"kind": "setup", "seq": 0, "watch": False, "busy": False, "interrupted": False, "in_hook": False}
+    state = {
+        "kind": "setup",
+        "seq": 0,
+        "watch": False,
+        "busy": False,
+        "interrupted": False,
+        "in_hook": False,
+    }
 
     def send(message: dict) -> None:
         data = encode(message).encode("ascii")
@@ -403,14 +453,33 @@ def main(argv: list[str]) -> None:
         try:
             if event == "object.__setattr__":
                 target, attr = args[0], args[1]
-                if attr in CODE_ATTRS and type(target) is function_type and state["kind"] != "instructor":
+                if (
+                    attr in CODE_ATTRS
+                    and type(target) is function_type
+                    and state["kind"] != "instructor"
+                ):
                     origin = target.__code__.co_filename
                     if origin.startswith(COURSE_FILE_PREFIXES):
                         name = getattr(target, "__qualname__", "?")
-                        send_event({"op": "audit", "seq": state["seq"], "event": "tamper.function_code",
-                              "detail": f"changed {attr} of {name} (defined in {origin})"})
-            elif event in REVIEW_EVENTS or (event in ("os.listdir", "os.scandir") and "/proc" in str(args[0] if args else "")):
-                send_event({"op": "audit", "seq": state["seq"], "event": event, "detail": str(args[:2])[:200]})
+                        send_event(
+                            {
+                                "op": "audit",
+                                "seq": state["seq"],
+                                "event": "tamper.function_code",
+                                "detail": f"changed {attr} of {name} (defined in {origin})",
+                            }
+                        )
+            elif event in REVIEW_EVENTS or (
+                event in ("os.listdir", "os.scandir") and "/proc" in str(args[0] if args else "")
+            ):
+                send_event(
+                    {
+                        "op": "audit",
+                        "seq": state["seq"],
+                        "event": event,
+                        "detail": str(args[:2])[:200],
+                    }
+                )
         except BaseException:
             pass
         finally:
@@ -478,7 +547,9 @@ def main(argv: list[str]) -> None:
         after = _check_snapshot(snapshot, gettrace, getprofile) if check else []
         changed = [k for k, v in ns.items() if names_before.get(k, names_before) is not v]
         changed += [k for k in names_before if k not in ns]
-        threads = [t.name for t in enumerate_threads() if id(t) not in baseline_threads and t.is_alive()]
+        threads = [
+            t.name for t in enumerate_threads() if id(t) not in baseline_threads and t.is_alive()
+        ]
         send(
             {
                 "op": "result",

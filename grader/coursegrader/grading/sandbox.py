@@ -96,9 +96,23 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 @cache
 def detect_level() -> str:
     """The best sandbox level available on this machine (probed once per process)."""
-    if not sys.platform.startswith("linux") or not shutil.which("unshare") or not shutil.which("pivot_root"):
+    if (
+        not sys.platform.startswith("linux")
+        or not shutil.which("unshare")
+        or not shutil.which("pivot_root")
+    ):
         return "rlimits"
-    base = ["unshare", "--fork", "--pid", "--mount", "--net", "--ipc", "--uts", "--propagation", "private"]
+    base = [
+        "unshare",
+        "--fork",
+        "--pid",
+        "--mount",
+        "--net",
+        "--ipc",
+        "--uts",
+        "--propagation",
+        "private",
+    ]
     if os.geteuid() == 0 and shutil.which("setpriv") and shutil.which("useradd"):
         probe = base
         level = "namespaces"
@@ -116,7 +130,9 @@ def resolve_level(config: SandboxConfig) -> str:
     if config.level == "auto":
         return detect_level()
     if config.level not in LEVELS:
-        raise SandboxError(f"unknown sandbox level {config.level!r}; use one of auto, {', '.join(LEVELS)}")
+        raise SandboxError(
+            f"unknown sandbox level {config.level!r}; use one of auto, {', '.join(LEVELS)}"
+        )
     best = detect_level()
     if LEVELS.index(config.level) < LEVELS.index(best):
         raise SandboxError(f"sandbox level {config.level!r} is not available here (best: {best!r})")
@@ -132,14 +148,26 @@ def ensure_user(name: str) -> tuple[int, int]:
         pass
     nologin = shutil.which("nologin") or "/usr/sbin/nologin"
     proc = subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--home-dir", "/nonexistent", "--shell", nologin, "--user-group", name],
+        [
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            nologin,
+            "--user-group",
+            name,
+        ],
         capture_output=True,
         text=True,
     )
     try:
         entry = pwd.getpwnam(name)
     except KeyError:
-        raise SandboxError(f"could not create the sandbox user {name!r}: {proc.stderr.strip()}") from None
+        raise SandboxError(
+            f"could not create the sandbox user {name!r}: {proc.stderr.strip()}"
+        ) from None
     return entry.pw_uid, entry.pw_gid
 
 
@@ -164,7 +192,9 @@ def exposed_paths(config: SandboxConfig) -> list[Path]:
 
     candidates = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)]
     candidates += [Path(p) for p in site.getsitepackages() if p]
-    candidates += [Path(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")]
+    candidates += [
+        Path(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib", "purelib", "platlib")
+    ]
     candidates += _package_dirs()
     mirror = os.environ.get("LLMCOURSE_DATA_MIRROR")
     if mirror:
@@ -174,7 +204,11 @@ def exposed_paths(config: SandboxConfig) -> list[Path]:
     chosen: list[Path] = []
     for path in candidates:
         path = path.resolve()
-        if not path.exists() or str(path).startswith(("/usr", "/etc", "/proc", "/dev", "/sys")) or path == Path("/"):
+        if (
+            not path.exists()
+            or str(path).startswith(("/usr", "/etc", "/proc", "/dev", "/sys"))
+            or path == Path("/")
+        ):
             continue
         for bad in forbidden:
             if bad == path or bad in path.parents or path in bad.parents:
@@ -199,14 +233,18 @@ def _mount_script(paths: list[Path], limits: Limits, uid: int | None, gid: int |
         'mount -t tmpfs -o mode=755,size=16m coursegrader-root "$R"',
         'mkdir -p "$R/usr" "$R/etc" "$R/dev" "$R/proc" "$R/tmp" "$R/.old"',
         'for d in usr etc; do mount --rbind "/$d" "$R/$d"; mount -o remount,bind,ro "$R/$d"; done',
-        'for l in bin lib lib32 lib64 libx32 sbin; do',
+        "for l in bin lib lib32 lib64 libx32 sbin; do",
         '  if [ -L "/$l" ]; then ln -s "$(readlink "/$l")" "$R/$l";',
         '  elif [ -d "/$l" ]; then mkdir -p "$R/$l"; mount --rbind "/$l" "$R/$l"; mount -o remount,bind,ro "$R/$l"; fi',
         "done",
     ]
     for path in paths:
         target = f'"$R"{q(str(path))}'
-        lines += [f"mkdir -p {target}", f"mount --rbind {q(str(path))} {target}", f"mount -o remount,bind,ro {target}"]
+        lines += [
+            f"mkdir -p {target}",
+            f"mount --rbind {q(str(path))} {target}",
+            f"mount -o remount,bind,ro {target}",
+        ]
     lines += [
         'for f in null zero full random urandom; do touch "$R/dev/$f"; mount --bind "/dev/$f" "$R/dev/$f"; done',
         'ln -s /proc/self/fd "$R/dev/fd"',
@@ -230,9 +268,13 @@ def _mount_script(paths: list[Path], limits: Limits, uid: int | None, gid: int |
     ]
     if uid is not None:
         drop = f"--reuid={uid} --regid={gid} --clear-groups"
-        lines.append(f'exec /usr/bin/setpriv {drop} --no-new-privs --inh-caps=-all --bounding-set=-all -- "$@"')
+        lines.append(
+            f'exec /usr/bin/setpriv {drop} --no-new-privs --inh-caps=-all --bounding-set=-all -- "$@"'
+        )
     else:
-        lines.append('exec /usr/bin/setpriv --no-new-privs --inh-caps=-all --bounding-set=-all -- "$@"')
+        lines.append(
+            'exec /usr/bin/setpriv --no-new-privs --inh-caps=-all --bounding-set=-all -- "$@"'
+        )
     return "\n".join(lines)
 
 
@@ -304,12 +346,30 @@ class Sandbox:
             config = {"limits": runner_limits, "workdir": "/tmp/work"}
             self._mountpoint = tempfile.mkdtemp(prefix="coursegrader-root-")
             script = _mount_script(exposed_paths(self.config), limits, uid, gid)
-            unshare = ["unshare", "--fork", "--pid", "--mount", "--net", "--ipc", "--uts", "--kill-child",
-                       "--propagation", "private"]
+            unshare = [
+                "unshare",
+                "--fork",
+                "--pid",
+                "--mount",
+                "--net",
+                "--ipc",
+                "--uts",
+                "--kill-child",
+                "--propagation",
+                "private",
+            ]
             if self.level == "userns":
                 unshare[1:1] = ["--user", "--map-root-user"]
-            cmd = [*unshare, "/bin/sh", "-c", script, "coursegrader-sandbox", self._mountpoint,
-                   *python, json.dumps(config)]
+            cmd = [
+                *unshare,
+                "/bin/sh",
+                "-c",
+                script,
+                "coursegrader-sandbox",
+                self._mountpoint,
+                *python,
+                json.dumps(config),
+            ]
             env = _clean_env(limits, "/tmp/work")
         try:
             self.process = subprocess.Popen(
@@ -331,7 +391,9 @@ class Sandbox:
         except ChannelError as exc:
             detail = self.stderr_tail()
             self.kill()
-            raise SandboxError(f"the sandboxed runner did not start ({exc}): {detail or 'no output'}") from exc
+            raise SandboxError(
+                f"the sandboxed runner did not start ({exc}): {detail or 'no output'}"
+            ) from exc
         if hello.get("op") != "hello":
             self.kill()
             raise SandboxError(f"the runner greeted with {hello.get('op')!r} instead of 'hello'")
@@ -361,19 +423,23 @@ class Sandbox:
     def kill(self) -> None:
         """Kill the runner and everything it started; release the mount point."""
         if self.process is not None and self.process.poll() is None:
-            for pid in filter(None, (self.runner_pid,)):
+            # Killing the runner (PID 1 of its namespace) makes the kernel kill every process in the
+            # namespace; `unshare` exits once all of them are gone, so waiting for it is waiting for them.
+            if self.runner_pid and self.runner_pid != self.process.pid:
                 try:
-                    os.kill(pid, signal.SIGKILL)
+                    os.kill(self.runner_pid, signal.SIGKILL)
+                    self.process.wait(timeout=10)
+                except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
+                    pass
+            if self.process.poll() is None:
+                try:
+                    os.killpg(self.process.pid, signal.SIGKILL)
                 except (ProcessLookupError, PermissionError):
                     pass
-            try:
-                os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
+                try:
+                    self.process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    pass
         if self.channel is not None:
             self.channel.close()
         if self._mountpoint:

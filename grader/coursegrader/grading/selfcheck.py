@@ -79,11 +79,16 @@ def self_check(
         ref_path, where = Path(reference), str(reference)
     ref = nbformat.read(ref_path if ref_path else notebook, as_version=4)
     if ref_path is None:
-        print("note: no student edition found next to this notebook; using its own test cells "
-              "(edited tests are not detected)", file=out)
+        print(
+            "note: no student edition found next to this notebook; using its own test cells "
+            "(edited tests are not detected)",
+            file=out,
+        )
     assignment = load_assignment(notebook.stem, ref, ref)
-    config = SandboxConfig(level=level, limits=Limits(cell_timeout_s=cell_timeout_s,
-                                                      notebook_timeout_s=notebook_timeout_s))
+    config = SandboxConfig(
+        level=level,
+        limits=Limits(cell_timeout_s=cell_timeout_s, notebook_timeout_s=notebook_timeout_s),
+    )
     result = grade_notebook(nb, assignment, config, student="self-check")
     passed = sum(1 for t in result.tests if t.status == R.PASSED)
     for test in result.tests:

@@ -26,7 +26,9 @@ def _source_text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def read_submission(path: Path, max_mb: float = DEFAULT_MAX_MB) -> tuple[nbformat.NotebookNode, list[Flag]]:
+def read_submission(
+    path: Path, max_mb: float = DEFAULT_MAX_MB
+) -> tuple[nbformat.NotebookNode, list[Flag]]:
     """The notebook (nbformat 4, outputs removed) and informational flags about the file."""
     path = Path(path)
     try:
@@ -39,7 +41,9 @@ def read_submission(path: Path, max_mb: float = DEFAULT_MAX_MB) -> tuple[nbforma
             "Clear the outputs (Edit > Clear All Outputs), save and submit again."
         )
     if size == 0:
-        raise SubmissionError(f"{path.name} is empty: save the notebook in Jupyter and submit it again.")
+        raise SubmissionError(
+            f"{path.name} is empty: save the notebook in Jupyter and submit it again."
+        )
     raw = path.read_bytes()
     if b"\x00" in raw[:4096]:
         raise SubmissionError(
@@ -62,7 +66,9 @@ def read_submission(path: Path, max_mb: float = DEFAULT_MAX_MB) -> tuple[nbforma
             "damaged or was edited outside Jupyter. Open it in Jupyter, save it and submit again."
         ) from None
     except RecursionError:
-        raise SubmissionError(f"{path.name}: the JSON is nested too deeply to be a notebook") from None
+        raise SubmissionError(
+            f"{path.name}: the JSON is nested too deeply to be a notebook"
+        ) from None
     del text
     if not isinstance(data, dict) or not isinstance(data.get("cells", []), list):
         raise SubmissionError(f"{path.name} is JSON but not a Jupyter notebook (no list of cells)")
@@ -72,8 +78,16 @@ def read_submission(path: Path, max_mb: float = DEFAULT_MAX_MB) -> tuple[nbforma
         try:
             data = dict(nbformat.reads(json.dumps(data), as_version=4))
         except Exception as exc:  # nbformat raises various errors on malformed v3 files
-            raise SubmissionError(f"{path.name}: an nbformat 3 notebook that cannot be converted ({exc})") from None
-        flags.append(Flag("converted-nbformat-3", INFO, "Your notebook was in the old format 3; it was converted to 4."))
+            raise SubmissionError(
+                f"{path.name}: an nbformat 3 notebook that cannot be converted ({exc})"
+            ) from None
+        flags.append(
+            Flag(
+                "converted-nbformat-3",
+                INFO,
+                "Your notebook was in the old format 3; it was converted to 4.",
+            )
+        )
     elif major != 4:
         raise SubmissionError(
             f"{path.name} declares notebook format {major!r}; the grader reads format 4 (Jupyter 4.x-7.x). "
@@ -92,12 +106,20 @@ def read_submission(path: Path, max_mb: float = DEFAULT_MAX_MB) -> tuple[nbforma
             "metadata": cell.get("metadata") if isinstance(cell.get("metadata"), dict) else {},
             "source": _source_text(cell.get("source", "")),
             "had_outputs": bool(outputs),
-            "output_error": any(isinstance(o, dict) and o.get("output_type") == "error" for o in outputs),
+            "output_error": any(
+                isinstance(o, dict) and o.get("output_type") == "error" for o in outputs
+            ),
         }
         cells.append(clean)
     if size > 10 * 2**20:
-        flags.append(Flag("large-file", INFO, f"Your notebook file is {size / 2**20:.0f} MiB, mostly outputs; "
-                          "outputs are ignored (the grader runs your code), so clear them before submitting."))
+        flags.append(
+            Flag(
+                "large-file",
+                INFO,
+                f"Your notebook file is {size / 2**20:.0f} MiB, mostly outputs; "
+                "outputs are ignored (the grader runs your code), so clear them before submitting.",
+            )
+        )
     nb = nbformat.v4.new_notebook()
     nb.metadata = data.get("metadata") if isinstance(data.get("metadata"), dict) else {}
     nb.cells = [nbformat.NotebookNode(c) for c in cells]

@@ -64,9 +64,9 @@ def tile_allowed(
     return allowed
 
 
-def _tiles(length: int, block: int) -> list[torch.Tensor]:
+def _tiles(length: int, block: int, device: torch.device) -> list[torch.Tensor]:
     """Index ranges [0, block), [block, 2 block), ...; the last one may be shorter."""
-    return [torch.arange(s, min(s + block, length)) for s in range(0, length, block)]
+    return [torch.arange(s, min(s + block, length), device=device) for s in range(0, length, block)]
 
 
 def flash_forward(
@@ -91,12 +91,12 @@ def flash_forward(
     out = torch.empty(batch, heads, seq_q, dim, dtype=q.dtype, device=q.device)
     lse = torch.empty(batch, heads, seq_q, dtype=acc_dtype, device=q.device)
     mask = None if key_padding_mask is None else key_padding_mask.to(q.device)
-    for qi in _tiles(seq_q, block_m):
+    for qi in _tiles(seq_q, block_m, q.device):
         q_tile = q[:, :, qi].to(acc_dtype)  # (B, H, bm, D)
         m = torch.full((batch, heads, len(qi)), -math.inf, dtype=acc_dtype, device=q.device)
         l = torch.zeros_like(m)  # noqa: E741 - the paper's name for the running sum
         acc = torch.zeros(batch, heads, len(qi), dim, dtype=acc_dtype, device=q.device)
-        for ki in _tiles(seq_k, block_n):
+        for ki in _tiles(seq_k, block_n, q.device):
             s = q_tile @ k[:, :, ki].to(acc_dtype).transpose(-2, -1) * scale  # (B, H, bm, bn)
             allowed = tile_allowed(
                 qi, ki, seq_q=seq_q, seq_k=seq_k, causal=causal, key_padding_mask=mask
@@ -165,10 +165,10 @@ def flash_backward_dkdv(
     acc_dtype = lse.dtype
     grad_k = torch.empty_like(k)
     grad_v = torch.empty_like(v)
-    for ki in _tiles(k.shape[2], block_n):
+    for ki in _tiles(k.shape[2], block_n, q.device):
         dk = torch.zeros(*k.shape[:2], len(ki), k.shape[3], dtype=acc_dtype, device=k.device)
         dv = torch.zeros_like(dk)
-        for qi in _tiles(q.shape[2], block_m):
+        for qi in _tiles(q.shape[2], block_m, q.device):
             p = _probs_tile(q, k, lse, qi, ki, scale, causal, key_padding_mask)  # (B,H,bm,bn)
             do = grad_out[:, :, qi].to(acc_dtype)  # (B, H, bm, D)
             dv += p.transpose(-2, -1) @ do
@@ -198,10 +198,10 @@ def flash_backward_dq(
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     acc_dtype = lse.dtype
     grad_q = torch.empty_like(q)
-    for qi in _tiles(q.shape[2], block_m):
+    for qi in _tiles(q.shape[2], block_m, q.device):
         dq = torch.zeros(*q.shape[:2], len(qi), q.shape[3], dtype=acc_dtype, device=q.device)
         do = grad_out[:, :, qi].to(acc_dtype)
-        for ki in _tiles(k.shape[2], block_n):
+        for ki in _tiles(k.shape[2], block_n, q.device):
             p = _probs_tile(q, k, lse, qi, ki, scale, causal, key_padding_mask)
             dp = do @ v[:, :, ki].to(acc_dtype).transpose(-2, -1)
             ds = p * (dp - delta[:, :, qi, None])

@@ -315,7 +315,9 @@ def _constexprs(q: torch.Tensor, causal: bool, key_padding_mask: torch.Tensor | 
     if q.dtype == torch.float32:
         # Follow PyTorch's own switch (torch.backends.cuda.matmul.allow_tf32, False by default):
         # TF32 tensor cores are much faster but keep only ~3 decimal digits of each product.
-        precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
+        # TF32 needs an Ampere or newer GPU (compute capability 8.0+).
+        tf32_ok = q.is_cuda and torch.cuda.get_device_capability(q.device)[0] >= 8
+        precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 and tf32_ok else "ieee"
     else:
         precision = "tf32"  # ignored for fp16/bf16 inputs
     return dict(

@@ -292,17 +292,33 @@ def translate(
     batch_size: int = 256,
     length_penalty: float = 1.0,
 ) -> list[str]:
-    """Decode source strings (greedy when ``beam_size == 1``); puts the model in eval mode.
+    """Decode source strings (greedy when ``beam_size == 1``) in eval mode, then restore the mode.
 
     ``max_len`` defaults to the longest ISO output the sources could need (11 per date).
     """
+    was_training = model.training
     model.eval()
+    try:
+        return _translate(model, sources, vocab, beam_size, max_len, batch_size, length_penalty)
+    finally:
+        model.train(was_training)
+
+
+def _translate(
+    model: Seq2Seq,
+    sources: Sequence[str],
+    vocab: CharVocab,
+    beam_size: int,
+    max_len: int | None,
+    batch_size: int,
+    length_penalty: float,
+) -> list[str]:
     device = next(model.parameters()).device
     out: list[str] = []
     for start in range(0, len(sources), batch_size):
         chunk = list(sources[start : start + batch_size])
         src = _pad([vocab.encode(s) or [UNK_ID] for s in chunk], device)
-        limit = max_len or 11 * (1 + max(s.count(";") for s in chunk)) + 1
+        limit = max_len or 11 * (1 + max(s.count(";") for s in chunk))
         if beam_size == 1:
             result = model.greedy_decode(src, max_len=limit)
         else:

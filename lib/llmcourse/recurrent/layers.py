@@ -266,8 +266,9 @@ class RecurrentLayer(nn.Module):
             b_ih, b_hh = b_ih + b_hh, None  # type: ignore[operator]
         gx = F.linear(seq, w_ih, b_ih)  # (T, B, G*H): every time step in one matmul
         outs = []
-        for t in range(seq.shape[0]):
-            new = self._step(gx[t], state, w_hh, b_hh)
+        # unbind, not gx[t]: its backward is one stack instead of T full-size scatters
+        for t, gx_t in enumerate(gx.unbind(0)):
+            new = self._step(gx_t, state, w_hh, b_hh)
             if valid is not None:
                 m = valid[t].unsqueeze(1)  # (B, 1)
                 new = tuple(torch.where(m, n, s) for n, s in zip(new, state, strict=True))
