@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from llmcourse.nn import (
     KVCache,
     MultiHeadAttention,
@@ -14,7 +16,6 @@ from llmcourse.nn import (
     scaled_dot_product_attention,
 )
 from llmcourse.utils import ShapeError
-from torch import nn
 
 ATOL = 1e-5
 
@@ -30,7 +31,9 @@ def _padding(b: int, tk: int) -> torch.Tensor:
     return mask
 
 
-@pytest.mark.parametrize(("causal", "padded"), [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize(
+    ("causal", "padded"), [(False, False), (True, False), (False, True), (True, True)]
+)
 def test_sdpa_matches_torch_values_and_grads(causal: bool, padded: bool) -> None:
     q, k, v = _qkv()
     kpm = _padding(2, 5) if padded else None
@@ -47,14 +50,16 @@ def test_sdpa_matches_torch_values_and_grads(causal: bool, padded: bool) -> None
     g = torch.randn_like(ours)
     ours.backward(g)
     ref.backward(g)
-    for a, b in zip(ins1, ins2):
+    for a, b in zip(ins1, ins2, strict=True):
         torch.testing.assert_close(a.grad, b.grad, atol=ATOL, rtol=0)
 
 
 def test_sdpa_custom_scale_matches_torch() -> None:
     q, k, v = _qkv(tq=4, tk=6)
     ours = scaled_dot_product_attention(q, k, v, scale=0.3)
-    torch.testing.assert_close(ours, F.scaled_dot_product_attention(q, k, v, scale=0.3), atol=ATOL, rtol=0)
+    torch.testing.assert_close(
+        ours, F.scaled_dot_product_attention(q, k, v, scale=0.3), atol=ATOL, rtol=0
+    )
 
 
 def test_sdpa_worked_example_with_sqrt_dk_scaling() -> None:
@@ -78,7 +83,9 @@ def test_causal_with_fewer_queries_aligns_to_the_end() -> None:
 
 def test_fully_masked_query_gets_zeros() -> None:
     q, k, v = _qkv(b=1, tq=3, tk=4)
-    out = scaled_dot_product_attention(q, k, v, key_padding_mask=torch.zeros(1, 4, dtype=torch.bool))
+    out = scaled_dot_product_attention(
+        q, k, v, key_padding_mask=torch.zeros(1, 4, dtype=torch.bool)
+    )
     assert torch.equal(out, torch.zeros_like(out))
 
 
@@ -108,7 +115,9 @@ def test_sdpa_errors_name_shapes_and_dtypes() -> None:
 
 def _torch_mha(ours: MultiHeadAttention) -> nn.MultiheadAttention:
     """torch.nn.MultiheadAttention holding ours's weights (same fused q/k/v layout)."""
-    ref = nn.MultiheadAttention(ours.d_model, ours.n_heads, batch_first=True, bias=ours.out.bias is not None)
+    ref = nn.MultiheadAttention(
+        ours.d_model, ours.n_heads, batch_first=True, bias=ours.out.bias is not None
+    )
     with torch.no_grad():
         if ours.cross_attention:
             ref.in_proj_weight.copy_(torch.cat([ours.q.weight, ours.kv.weight]))
@@ -132,7 +141,8 @@ def test_self_attention_matches_torch_mha(bias: bool, causal: bool) -> None:
     ref = _torch_mha(ours)
     x = torch.randn(2, 6, 16)
     kpm = _padding(2, 6)
-    attn_mask = torch.ones(6, 6, dtype=torch.bool).triu(1) if causal else None  # torch: True = blocked
+    blocked = torch.ones(6, 6, dtype=torch.bool).triu(1)  # torch's attn_mask: True = blocked
+    attn_mask = blocked if causal else None
     expected, _ = ref(x, x, x, key_padding_mask=~kpm, attn_mask=attn_mask, need_weights=False)
     got = ours(x, key_padding_mask=kpm)
     torch.testing.assert_close(got[1], expected[1], atol=ATOL, rtol=0)
@@ -142,7 +152,14 @@ def test_self_attention_matches_torch_mha(bias: bool, causal: bool) -> None:
 def test_cross_attention_matches_torch_mha() -> None:
     torch.manual_seed(0)
     ours = MultiHeadAttention(16, 4, cross_attention=True)
-    assert set(ours.state_dict()) == {"q.weight", "q.bias", "kv.weight", "kv.bias", "out.weight", "out.bias"}
+    assert set(ours.state_dict()) == {
+        "q.weight",
+        "q.bias",
+        "kv.weight",
+        "kv.bias",
+        "out.weight",
+        "out.bias",
+    }
     ref = _torch_mha(ours)
     x, memory = torch.randn(2, 3, 16), torch.randn(2, 7, 16)
     kpm = _padding(2, 7)
@@ -158,7 +175,12 @@ def test_cross_attention_with_other_memory_width() -> None:
 
 
 def test_state_dict_names() -> None:
-    assert set(MultiHeadAttention(8, 2).state_dict()) == {"qkv.weight", "qkv.bias", "out.weight", "out.bias"}
+    assert set(MultiHeadAttention(8, 2).state_dict()) == {
+        "qkv.weight",
+        "qkv.bias",
+        "out.weight",
+        "out.bias",
+    }
     assert set(MultiHeadAttention(8, 2, bias=False).state_dict()) == {"qkv.weight", "out.weight"}
 
 
@@ -191,7 +213,9 @@ def test_kv_cache_incremental_equals_full(use_rope: bool) -> None:
     with torch.no_grad():
         pieces = [attn(x[:, :3], kv_cache=layer_cache, rope=rope.span(0, 3) if rope else None)]
         for t in range(3, 7):
-            pieces.append(attn(x[:, t : t + 1], kv_cache=layer_cache, rope=rope.span(t, 1) if rope else None))
+            pieces.append(
+                attn(x[:, t : t + 1], kv_cache=layer_cache, rope=rope.span(t, 1) if rope else None)
+            )
     assert layer_cache.length == 7
     torch.testing.assert_close(torch.cat(pieces, dim=1), full.detach(), atol=ATOL, rtol=0)
 

@@ -61,7 +61,13 @@ def test_round_trip_model_optimizer_step_config(tmp_path):
     model, opt = _trained()
     tok = CharTokenizer.from_text("abcdefghijklmnopqrst")
     save_checkpoint(
-        tmp_path / "ck", model, opt, step=3, config={"lr": 1e-2}, tokenizer=tok, metrics={"val_loss": 2.5}
+        tmp_path / "ck",
+        model,
+        opt,
+        step=3,
+        config={"lr": 1e-2},
+        tokenizer=tok,
+        metrics={"val_loss": 2.5},
     )
     fresh, fresh_opt = _trained(seed=1)
     ck = load_checkpoint(tmp_path / "ck", fresh, fresh_opt)
@@ -71,7 +77,9 @@ def test_round_trip_model_optimizer_step_config(tmp_path):
     for p, q in zip(model.parameters(), fresh.parameters(), strict=True):
         s, t = opt.state[p], fresh_opt.state[q]
         assert s["step"] == t["step"] == 3
-        assert torch.equal(s["exp_avg"], t["exp_avg"]) and torch.equal(s["exp_avg_sq"], t["exp_avg_sq"])
+        assert torch.equal(s["exp_avg"], t["exp_avg"]) and torch.equal(
+            s["exp_avg_sq"], t["exp_avg_sq"]
+        )
     assert fresh_opt.param_groups[0]["betas"] == (0.9, 0.999)  # tuples survive JSON
     assert load_checkpoint_tokenizer(tmp_path / "ck") == tok
 
@@ -79,7 +87,9 @@ def test_round_trip_model_optimizer_step_config(tmp_path):
 def test_torch_optimizer_state_round_trips(tmp_path):
     model, _ = _trained()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    model(torch.zeros(1, 4, dtype=torch.long), targets=torch.zeros(1, 4, dtype=torch.long)).loss.backward()
+    model(
+        torch.zeros(1, 4, dtype=torch.long), targets=torch.zeros(1, 4, dtype=torch.long)
+    ).loss.backward()
     opt.step()
     save_checkpoint(tmp_path, model, opt)
     opt2 = torch.optim.AdamW(model.parameters(), lr=5.0)
@@ -135,7 +145,10 @@ def test_architecture_change_names_the_keys(tmp_path):
     save_checkpoint(tmp_path, model)
     rope, _ = _trained(positions="rope")
     before = _snapshot(rope)
-    with pytest.raises(CheckpointError, match=r"not in the model: \['pos_emb.weight'\].*positions: checkpoint 'learned', model 'rope'"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"not in the model: \['pos_emb.weight'\].*positions: checkpoint 'learned', model 'rope'",
+    ):
         load_checkpoint(tmp_path, rope)
     assert _same(before, _snapshot(rope))
 
@@ -204,7 +217,12 @@ def test_loading_never_unpickles(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", forbidden)
     load_checkpoint(tmp_path, model, opt, restore_rng=True)
     load_checkpoint_tokenizer(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [META_FILE, MODEL_FILE, STATE_FILE, "tokenizer.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        META_FILE,
+        MODEL_FILE,
+        STATE_FILE,
+        "tokenizer.json",
+    ]
 
 
 def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -247,7 +265,10 @@ def test_rng_states_round_trip(tmp_path):
 
 
 def test_pack_unpack_keeps_types():
-    obj = {"state": {0: {"step": 3, "m": torch.ones(2)}, 1: {}}, "groups": [{"betas": (0.9, 0.99), "x": None}]}
+    obj = {
+        "state": {0: {"step": 3, "m": torch.ones(2)}, 1: {}},
+        "groups": [{"betas": (0.9, 0.99), "x": None}],
+    }
     tensors: dict[str, torch.Tensor] = {}
     skeleton = pack(obj, "o", tensors)
     back = unpack(json.loads(json.dumps(skeleton)), tensors)

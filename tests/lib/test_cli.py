@@ -66,14 +66,27 @@ def test_train_resume_sample_publish(tmp_path, config, capsys):
     assert read_checkpoint_meta(out)["extra"]["history"]["steps"] == list(range(1, 7))
 
     capsys.readouterr()
-    args = ["sample", "--checkpoint", str(out), "--prompt", "ROMEO:", "--max-new-tokens", "20", "--top-k", "5"]
+    args = [
+        "sample",
+        "--checkpoint",
+        str(out),
+        "--prompt",
+        "ROMEO:",
+        "--max-new-tokens",
+        "20",
+        "--top-k",
+        "5",
+    ]
     assert main(args) == 0
     first = capsys.readouterr().out
     assert first.startswith("ROMEO:") and len(first.rstrip("\n")) >= len("ROMEO:") + 15
     assert main(args) == 0 and capsys.readouterr().out == first  # seeded: reproducible
 
     manifest = tmp_path / "manifest.json"
-    assert main(["publish", "--checkpoint", str(out), "--name", "tiny", "--manifest", str(manifest)]) == 0
+    assert (
+        main(["publish", "--checkpoint", str(out), "--name", "tiny", "--manifest", str(manifest)])
+        == 0
+    )
     entry = json.loads(manifest.read_text())["tiny"]
     assert set(entry["files"]) == {"model.safetensors", "checkpoint.json", "tokenizer.json"}
     assert entry["step"] == 6 and entry["command"].startswith("llmcourse train")
@@ -81,7 +94,18 @@ def test_train_resume_sample_publish(tmp_path, config, capsys):
 
 
 def test_resume_without_checkpoint_is_an_error(tmp_path, config, capsys):
-    rc = main(["train", "--config", str(config), "--out", str(tmp_path / "none"), "--resume", "--max-iters", "1"])
+    rc = main(
+        [
+            "train",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "none"),
+            "--resume",
+            "--max-iters",
+            "1",
+        ]
+    )
     assert rc == 2 and "holds no checkpoint" in capsys.readouterr().err
 
 
@@ -109,5 +133,15 @@ def test_shipped_configs_are_valid(name):
 
 def test_nanogpt_config_is_the_published_one():
     cfg = load_run_config(ROOT / "configs" / "nanogpt_cpu_bench.toml")
-    assert (cfg.model["n_layer"], cfg.model["n_head"], cfg.model["n_embd"], cfg.model["dropout"]) == (4, 4, 128, 0.0)
-    assert (cfg.data.block_size, cfg.data.batch_size, cfg.train.max_steps, cfg.optim.decay_steps) == (64, 12, 2000, 2000)
+    assert (
+        cfg.model["n_layer"],
+        cfg.model["n_head"],
+        cfg.model["n_embd"],
+        cfg.model["dropout"],
+    ) == (4, 4, 128, 0.0)
+    assert (
+        cfg.data.block_size,
+        cfg.data.batch_size,
+        cfg.train.max_steps,
+        cfg.optim.decay_steps,
+    ) == (64, 12, 2000, 2000)

@@ -62,7 +62,15 @@ def _env() -> dict[str, str]:
 
 
 def _torchrun(*args: str, cwd: Path, timeout: int = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
@@ -73,7 +81,11 @@ def test_two_processes_match_one_process_on_the_combined_batch(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     single = subprocess.run(
-        [sys.executable, str(script), str(tmp_path / "single")], env=_env(), capture_output=True, text=True, timeout=240
+        [sys.executable, str(script), str(tmp_path / "single")],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert single.returncode == 0, single.stderr[-3000:]
     _torchrun(str(script), str(tmp_path / "ddp"), cwd=tmp_path)
@@ -83,7 +95,10 @@ def test_two_processes_match_one_process_on_the_combined_batch(tmp_path):
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("single", "ddp"))
     assert (one["world"], two["world"]) == (1, 2)
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
-    a, b = load_file(str(tmp_path / "single.safetensors")), load_file(str(tmp_path / "ddp.safetensors"))
+    a, b = (
+        load_file(str(tmp_path / "single.safetensors")),
+        load_file(str(tmp_path / "ddp.safetensors")),
+    )
     assert a.keys() == b.keys()
     moved = max((a[k] - b[k]).abs().max().item() for k in a)
     assert moved < 1e-6, f"DDP weights differ from single-process weights by {moved:.3g}"
@@ -121,7 +136,16 @@ def test_torchrun_cli_trains_and_resumes(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY_CONFIG)
     out = tmp_path / "run"
-    common = ["-m", "llmcourse.cli", "train", "--config", str(config), "--out", str(out), "--no-progress"]
+    common = [
+        "-m",
+        "llmcourse.cli",
+        "train",
+        "--config",
+        str(config),
+        "--out",
+        str(out),
+        "--no-progress",
+    ]
     os.environ.setdefault("LLMCOURSE_CACHE", str(tmp_path / "cache"))
     _torchrun(*common, "--max-iters", "3", cwd=tmp_path)
     from llmcourse.train import read_checkpoint_meta

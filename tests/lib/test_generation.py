@@ -7,6 +7,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
 from llmcourse.generation import (
     apply_penalties,
     apply_temperature,
@@ -19,14 +28,6 @@ from llmcourse.generation import (
 )
 from llmcourse.models.gpt import GPT, GPTConfig
 from llmcourse.utils import ShapeError
-from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel
-from transformers.generation.logits_process import (
-    RepetitionPenaltyLogitsProcessor,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
 NEG_INF = float("-inf")
 
@@ -77,7 +78,9 @@ def test_repetition_penalty_matches_transformers(penalty: float) -> None:
     logits = _logits(seed=2)
     context = torch.randint(0, 50, (4, 12), generator=torch.Generator().manual_seed(3))
     expected = RepetitionPenaltyLogitsProcessor(penalty=penalty)(context, logits.clone())
-    torch.testing.assert_close(apply_penalties(logits, context, repetition_penalty=penalty), expected)
+    torch.testing.assert_close(
+        apply_penalties(logits, context, repetition_penalty=penalty), expected
+    )
 
 
 def test_temperature_matches_transformers() -> None:
@@ -128,8 +131,17 @@ def test_filter_errors() -> None:
 def gpt2_pair() -> tuple[GPT2LMHeadModel, GPT]:
     """A random GPT-2 with peaked predictions (init std 0.3) and our copy of it."""
     torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=23, n_positions=32, n_embd=32, n_layer=2, n_head=4, initializer_range=0.3,
-                     bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    cfg = GPT2Config(
+        vocab_size=23,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=4,
+        initializer_range=0.3,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
     hf = GPT2LMHeadModel(cfg).eval()
     return hf, GPT.from_hf_gpt2(hf).eval()
 
@@ -137,21 +149,33 @@ def gpt2_pair() -> tuple[GPT2LMHeadModel, GPT]:
 def test_greedy_matches_transformers_generate(gpt2_pair) -> None:
     hf, ours = gpt2_pair
     idx = torch.randint(0, 23, (2, 4), generator=torch.Generator().manual_seed(0))
-    expected = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=12, do_sample=False)
+    expected = hf.generate(
+        idx, attention_mask=torch.ones_like(idx), max_new_tokens=12, do_sample=False
+    )
     assert torch.equal(generate(ours, idx, 12, temperature=0), expected)
 
 
 @pytest.mark.parametrize(
     ("length_penalty", "eos_id"), [(1.0, None), (0.0, 3), (2.0, 3), (1.0, 0), (-1.0, 5)]
 )
-def test_beam_search_matches_transformers(gpt2_pair, length_penalty: float, eos_id: int | None) -> None:
+def test_beam_search_matches_transformers(
+    gpt2_pair, length_penalty: float, eos_id: int | None
+) -> None:
     hf, ours = gpt2_pair
     for seed in (4, 11, 22):
         idx = torch.randint(0, 23, (1, 4), generator=torch.Generator().manual_seed(seed))
         kw = {} if eos_id is None else {"pad_token_id": eos_id}
-        ref = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=10, do_sample=False,
-                          num_beams=3, length_penalty=length_penalty, eos_token_id=eos_id,
-                          early_stopping=False, **kw)[0]
+        ref = hf.generate(
+            idx,
+            attention_mask=torch.ones_like(idx),
+            max_new_tokens=10,
+            do_sample=False,
+            num_beams=3,
+            length_penalty=length_penalty,
+            eos_token_id=eos_id,
+            early_stopping=False,
+            **kw,
+        )[0]
         if eos_id is not None and eos_id in ref[4:].tolist():  # drop HF's padding after EOS
             ref = ref[: 4 + ref[4:].tolist().index(eos_id) + 1]
         got = beam_search(ours, idx, 10, beam_size=3, length_penalty=length_penalty, eos_id=eos_id)
@@ -161,14 +185,23 @@ def test_beam_search_matches_transformers(gpt2_pair, length_penalty: float, eos_
 @pytest.mark.parametrize("positions", ["learned", "rope"])
 def test_kv_cache_generation_equals_uncached(positions: str) -> None:
     torch.manual_seed(0)
-    model = GPT(GPTConfig(vocab_size=40, block_size=24, n_layer=2, n_head=2, n_embd=32, positions=positions))
+    model = GPT(
+        GPTConfig(vocab_size=40, block_size=24, n_layer=2, n_head=2, n_embd=32, positions=positions)
+    )
     with torch.no_grad():  # make predictions peaked so the sequences are not trivial
         model.tok_emb.weight.mul_(20)
     idx = torch.randint(0, 40, (3, 5))
     # 30 new tokens: the context outgrows block_size (24) and the window slides.
-    for kwargs in (dict(temperature=0), dict(temperature=0.9, top_k=10, top_p=0.95, repetition_penalty=1.2)):
-        cached = generate(model, idx, 30, use_kv_cache=True, generator=torch.Generator().manual_seed(1), **kwargs)
-        plain = generate(model, idx, 30, use_kv_cache=False, generator=torch.Generator().manual_seed(1), **kwargs)
+    for kwargs in (
+        dict(temperature=0),
+        dict(temperature=0.9, top_k=10, top_p=0.95, repetition_penalty=1.2),
+    ):
+        cached = generate(
+            model, idx, 30, use_kv_cache=True, generator=torch.Generator().manual_seed(1), **kwargs
+        )
+        plain = generate(
+            model, idx, 30, use_kv_cache=False, generator=torch.Generator().manual_seed(1), **kwargs
+        )
         assert cached.shape == (3, 35)
         assert torch.equal(cached, plain)
         assert torch.equal(cached[:, :5], idx)
@@ -232,7 +265,8 @@ def test_stop_sequences_and_padding_of_finished_rows() -> None:
     out = generate(model, idx[:1], 10, temperature=0, stop_sequences=[3])
     assert out.tolist() == [[0, 1, 2, 3]]  # ends with the stop token, then stops
     prompt_has_stop = torch.tensor([[2, 3]])  # stop sequences only count in generated tokens
-    assert generate(model, prompt_has_stop, 2, temperature=0, stop_sequences=[[2, 3]]).shape == (1, 4)
+    out = generate(model, prompt_has_stop, 2, temperature=0, stop_sequences=[[2, 3]])
+    assert out.shape == (1, 4)
 
 
 def test_generate_restores_training_mode_and_is_reproducible(gpt2_pair) -> None:

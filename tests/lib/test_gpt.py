@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import GPT2Config, GPT2LMHeadModel
+
 from llmcourse.models.gpt import GPT, GPTConfig, LMOutput, swiglu_hidden
 from llmcourse.utils import ShapeError
-from transformers import GPT2Config, GPT2LMHeadModel
 
 VARIANTS = [
     dict(positions="learned", norm="layernorm", mlp="gelu", tie_weights=True, bias=True),
@@ -28,7 +29,13 @@ def hf_gpt2() -> GPT2LMHeadModel:
     """A small random GPT-2 (no download) with non-trivial LayerNorm parameters."""
     torch.manual_seed(0)
     cfg = GPT2Config(
-        vocab_size=97, n_positions=24, n_embd=48, n_layer=3, n_head=4, bos_token_id=0, eos_token_id=0
+        vocab_size=97,
+        n_positions=24,
+        n_embd=48,
+        n_layer=3,
+        n_head=4,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     model = GPT2LMHeadModel(cfg).eval()
     with torch.no_grad():
@@ -79,7 +86,9 @@ def test_from_hf_gpt2_state_dict_and_config_checks(hf_gpt2) -> None:
         GPT.from_hf_gpt2(hf_gpt2.state_dict())
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: f"{v['positions']}-{v['norm']}-{v['mlp']}")
+@pytest.mark.parametrize(
+    "variant", VARIANTS, ids=lambda v: f"{v['positions']}-{v['norm']}-{v['mlp']}"
+)
 def test_variants_train_and_cache(variant: dict) -> None:
     torch.manual_seed(0)
     model = GPT(_tiny(**variant))
@@ -103,7 +112,14 @@ def test_state_dict_names_follow_the_documented_layout() -> None:
     tied = GPT(_tiny())
     keys = set(tied.state_dict())
     assert "lm_head.weight" not in keys and "tok_emb.weight" in keys and "pos_emb.weight" in keys
-    for name in ("norm1.weight", "attn.qkv.weight", "attn.out.bias", "norm2.bias", "mlp.fc1.weight", "mlp.fc2.bias"):
+    for name in (
+        "norm1.weight",
+        "attn.qkv.weight",
+        "attn.out.bias",
+        "norm2.bias",
+        "mlp.fc1.weight",
+        "mlp.fc2.bias",
+    ):
         assert f"blocks.1.{name}" in keys
     assert "norm_f.weight" in keys
     untied = set(GPT(_tiny(tie_weights=False, positions="rope", bias=False)).state_dict())
@@ -126,13 +142,11 @@ def test_causality_future_tokens_do_not_change_past_logits() -> None:
 def test_parameter_counts() -> None:
     c = _tiny()
     model = GPT(c)
-    per_block = (
-        2 * 2 * c.n_embd  # two LayerNorms
-        + 3 * c.n_embd * c.n_embd + 3 * c.n_embd  # qkv
-        + c.n_embd * c.n_embd + c.n_embd  # out
-        + 4 * c.n_embd * c.n_embd + 4 * c.n_embd  # fc1
-        + 4 * c.n_embd * c.n_embd + c.n_embd  # fc2
-    )
+    c2 = c.n_embd * c.n_embd
+    norms = 2 * 2 * c.n_embd
+    attention = (3 * c2 + 3 * c.n_embd) + (c2 + c.n_embd)  # qkv, out
+    mlp = (4 * c2 + 4 * c.n_embd) + (4 * c2 + c.n_embd)  # fc1, fc2
+    per_block = norms + attention + mlp
     embeddings = c.vocab_size * c.n_embd + c.block_size * c.n_embd
     expected = embeddings + c.n_layer * per_block + 2 * c.n_embd
     assert model.num_parameters() == expected  # the tied output layer counted once
@@ -171,7 +185,9 @@ def test_loss_matches_torch_and_loss_mask() -> None:
     with torch.no_grad():
         out = model(idx, targets)
         logits = out.logits.reshape(-1, 37)
-        torch.testing.assert_close(out.loss, F.cross_entropy(logits, targets.reshape(-1)), atol=1e-6, rtol=0)
+        torch.testing.assert_close(
+            out.loss, F.cross_entropy(logits, targets.reshape(-1)), atol=1e-6, rtol=0
+        )
         mask = torch.zeros(2, 8, dtype=torch.bool)
         mask[:, 4:] = True  # e.g. SFT: only response tokens count
         masked = model(idx, targets, loss_mask=mask).loss
@@ -207,7 +223,11 @@ def test_bad_inputs_name_expected_and_actual() -> None:
     with pytest.raises(ShapeError, match=r"targets.*\(2, 4\).*\(2, 3\)"):
         model(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ShapeError, match=r"loss_mask.*\(2, 4\)"):
-        model(torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4, dtype=torch.long), loss_mask=torch.ones(4))
+        model(
+            torch.zeros(2, 4, dtype=torch.long),
+            torch.zeros(2, 4, dtype=torch.long),
+            loss_mask=torch.ones(4),
+        )
     model.eval()
     cache = model.new_kv_cache(1)
     with torch.no_grad():

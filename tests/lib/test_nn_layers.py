@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from llmcourse.nn import (
     GELU,
     Dropout,
@@ -18,7 +20,6 @@ from llmcourse.nn import (
     silu,
 )
 from llmcourse.utils import ShapeError
-from torch import nn
 
 ATOL = 1e-6
 
@@ -27,7 +28,9 @@ def _grads(module: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad for n, p in module.named_parameters()}
 
 
-def _same_forward_backward(ours: nn.Module, ref: nn.Module, x: torch.Tensor, atol: float = ATOL) -> None:
+def _same_forward_backward(
+    ours: nn.Module, ref: nn.Module, x: torch.Tensor, atol: float = ATOL
+) -> None:
     """Load ref's weights into ours, compare outputs and every gradient."""
     ours.load_state_dict(ref.state_dict())
     x1 = x.clone().requires_grad_(x.is_floating_point())
@@ -40,7 +43,9 @@ def _same_forward_backward(ours: nn.Module, ref: nn.Module, x: torch.Tensor, ato
     if x.is_floating_point():
         torch.testing.assert_close(x1.grad, x2.grad, atol=atol, rtol=0)
     for name, grad in _grads(ref).items():
-        torch.testing.assert_close(_grads(ours)[name], grad, atol=atol, rtol=0, msg=f"grad of {name}")
+        torch.testing.assert_close(
+            _grads(ours)[name], grad, atol=atol, rtol=0, msg=f"grad of {name}"
+        )
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -6,8 +6,9 @@ import copy
 
 import pytest
 import torch
-from llmcourse.optim import SGD, Adam, AdamW, RMSProp, clip_grad_norm, global_grad_norm
 from torch import nn
+
+from llmcourse.optim import SGD, Adam, AdamW, RMSProp, clip_grad_norm, global_grad_norm
 
 
 def _model() -> nn.Module:

@@ -6,10 +6,11 @@ import math
 
 import pytest
 import torch
-from llmcourse.nn import LearnedPositions, RotaryEmbedding, SinusoidalPositions, sinusoidal_encoding
-from llmcourse.utils import ShapeError
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
+
+from llmcourse.nn import LearnedPositions, RotaryEmbedding, SinusoidalPositions, sinusoidal_encoding
+from llmcourse.utils import ShapeError
 
 
 def test_sinusoidal_matches_paper_formula() -> None:
@@ -66,7 +67,9 @@ def test_learned_positions_out_of_range_names_limit() -> None:
 
 
 def _hf_rope(q, k, positions, head_dim, base=10000.0):
-    cfg = LlamaConfig(hidden_size=head_dim * 2, num_attention_heads=2, head_dim=head_dim, rope_theta=base)
+    cfg = LlamaConfig(
+        hidden_size=head_dim * 2, num_attention_heads=2, head_dim=head_dim, rope_theta=base
+    )
     rotary = LlamaRotaryEmbedding(cfg)
     cos, sin = rotary(q, positions)
     return apply_rotary_pos_emb(q, k, cos, sin)

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from llmcourse.optim import AdamW, WarmupCosine, lr_at, warmup_cosine_scheduler
 
 KW = dict(max_lr=1e-3, min_lr=1e-4, warmup_steps=10, decay_steps=110)

@@ -30,10 +30,16 @@ def _one_thread():
 
 def _gpt(dropout: float = 0.0, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, dropout=dropout))
+    return GPT(
+        GPTConfig(
+            vocab_size=VOCAB, block_size=BLOCK, n_layer=2, n_head=2, n_embd=32, dropout=dropout
+        )
+    )
 
 
-def _trainer(tmp_path=None, *, dropout=0.1, accum=2, seed=0, lr=3e-3, schedule=True, **cfg) -> Trainer:
+def _trainer(
+    tmp_path=None, *, dropout=0.1, accum=2, seed=0, lr=3e-3, schedule=True, **cfg
+) -> Trainer:
     model = _gpt(dropout, seed)
     opt = AdamW(model.parameters(), lr=lr, weight_decay=0.1)
     config = TrainerConfig(
@@ -52,7 +58,9 @@ def _trainer(tmp_path=None, *, dropout=0.1, accum=2, seed=0, lr=3e-3, schedule=T
         RandomBatches(TOKENS, BLOCK, 4, seed=1),
         RandomBatches(TOKENS, BLOCK, 4, seed=2),
         config=config,
-        schedule=WarmupCosine(max_lr=lr, min_lr=lr / 10, warmup_steps=3, decay_steps=12) if schedule else None,
+        schedule=WarmupCosine(max_lr=lr, min_lr=lr / 10, warmup_steps=3, decay_steps=12)
+        if schedule
+        else None,
         run_config={"name": "test"},
     )
 
@@ -62,7 +70,9 @@ def test_training_reduces_the_loss():
     history = trainer.fit(max_steps=30)
     assert len(history.loss) == 30 and history.steps[-1] == 30 == trainer.step
     assert np.mean(history.loss[-5:]) < 0.75 * np.mean(history.loss[:5])
-    assert history.eval_steps[-1] == 30 and history.eval_loss["val"][-1] < history.eval_loss["val"][0]
+    assert (
+        history.eval_steps[-1] == 30 and history.eval_loss["val"][-1] < history.eval_loss["val"][0]
+    )
 
 
 def test_interrupted_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path):
@@ -77,13 +87,17 @@ def test_interrupted_and_resumed_equals_uninterrupted_bit_for_bit(tmp_path):
     assert ck.step == resumed.step == 5
     resumed.fit()
 
-    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
+    for (name, a), b in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(a, b), f"{name} differs after resume"
     assert resumed.history.loss == full.history.loss
     assert resumed.history.lr == full.history.lr
     assert resumed.history.eval_loss["val"][-1] == full.history.eval_loss["val"][-1]
     for p, q in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
-        assert torch.equal(full.optimizer.state[p]["exp_avg_sq"], resumed.optimizer.state[q]["exp_avg_sq"])
+        assert torch.equal(
+            full.optimizer.state[p]["exp_avg_sq"], resumed.optimizer.state[q]["exp_avg_sq"]
+        )
 
 
 def test_gradient_accumulation_equals_one_big_batch():
@@ -100,7 +114,9 @@ def test_gradient_accumulation_equals_one_big_batch():
     results = []
     for source, accum in ((small, 2), (big, 1)):
         model = _gpt()
-        cfg = TrainerConfig(max_steps=3, grad_accum_steps=accum, grad_clip=None, progress=False, device="cpu")
+        cfg = TrainerConfig(
+            max_steps=3, grad_accum_steps=accum, grad_clip=None, progress=False, device="cpu"
+        )
         Trainer(model, SGD(model.parameters(), lr=0.1), source, config=cfg, eval_sources={}).fit()
         results.append(model)
     for a, b in zip(results[0].parameters(), results[1].parameters(), strict=True):
@@ -124,19 +140,36 @@ class _Blowup(nn.Module):
 def test_nan_loss_fails_loudly_naming_the_step_and_keeps_weights():
     model = _Blowup()
     source = lambda: (torch.ones(2, 3), torch.zeros(2))
-    trainer = Trainer(model, SGD(model.parameters(), lr=0.01), source, config=TrainerConfig(progress=False, device="cpu"), eval_sources={})
+    trainer = Trainer(
+        model,
+        SGD(model.parameters(), lr=0.01),
+        source,
+        config=TrainerConfig(progress=False, device="cpu"),
+        eval_sources={},
+    )
     trainer.fit(max_steps=2)
     before = model.w.detach().clone()
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 3 \(micro-batch 1 of 1\).*last finite loss"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"loss is nan at step 3 \(micro-batch 1 of 1\).*last finite loss"
+    ):
         trainer.train_step()
     assert torch.equal(model.w, before) and model.w.grad is None and trainer.step == 2
 
 
 def test_infinite_gradient_is_caught():
     model = nn.Linear(2, 1)
-    loss_fn = lambda m, batch: (m.weight * torch.tensor([[float("inf"), 0.0]])).sum() * 0 + m.weight.sum() * 1e39
+    loss_fn = lambda m, batch: (
+        (m.weight * torch.tensor([[float("inf"), 0.0]])).sum() * 0 + m.weight.sum() * 1e39
+    )
     cfg = TrainerConfig(progress=False, device="cpu", grad_clip=1.0)
-    trainer = Trainer(model, SGD(model.parameters(), lr=0.1), lambda: None, config=cfg, loss_fn=loss_fn, eval_sources={})
+    trainer = Trainer(
+        model,
+        SGD(model.parameters(), lr=0.1),
+        lambda: None,
+        config=cfg,
+        loss_fn=loss_fn,
+        eval_sources={},
+    )
     with pytest.raises(NonFiniteLossError, match="at step 1"):
         trainer.train_step()
 
@@ -144,7 +177,9 @@ def test_infinite_gradient_is_caught():
 def test_bfloat16_autocast_runs_matmuls_in_bf16():
     trainer = _trainer(dropout=0.0, accum=1, lr=1e-2, schedule=False, precision="bfloat16")
     seen = []
-    handle = trainer.model.blocks[0].attn.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    handle = trainer.model.blocks[0].attn.register_forward_hook(
+        lambda m, i, o: seen.append(o.dtype)
+    )
     history = trainer.fit(max_steps=15)
     handle.remove()
     assert torch.bfloat16 in seen
@@ -158,9 +193,13 @@ def test_schedule_sets_lr_each_step_and_respects_group_ratios():
     opt = AdamW([{"params": params[:2], "lr": 1e-3}, {"params": params[2:], "lr": 1e-4}])
     sched = WarmupCosine(max_lr=1e-3, min_lr=1e-4, warmup_steps=2, decay_steps=8)
     cfg = TrainerConfig(max_steps=10, progress=False, device="cpu")
-    trainer = Trainer(model, opt, RandomBatches(TOKENS, BLOCK, 2), config=cfg, schedule=sched, eval_sources={})
+    trainer = Trainer(
+        model, opt, RandomBatches(TOKENS, BLOCK, 2), config=cfg, schedule=sched, eval_sources={}
+    )
     history = trainer.fit()
-    expected = [lr_at(t, max_lr=1e-3, min_lr=1e-4, warmup_steps=2, decay_steps=8) for t in range(10)]
+    expected = [
+        lr_at(t, max_lr=1e-3, min_lr=1e-4, warmup_steps=2, decay_steps=8) for t in range(10)
+    ]
     assert history.lr == pytest.approx(expected, rel=1e-12)
     assert opt.param_groups[1]["lr"] == pytest.approx(expected[-1] / 10)
 
@@ -187,7 +226,14 @@ def test_checkpoints_written_at_interval_and_end(tmp_path):
 
 
 def test_history_round_trip():
-    h = TrainHistory(steps=[1], loss=[2.0], lr=[0.1], grad_norm=[float("nan")], eval_steps=[1], eval_loss={"val": [2.5]})
+    h = TrainHistory(
+        steps=[1],
+        loss=[2.0],
+        lr=[0.1],
+        grad_norm=[float("nan")],
+        eval_steps=[1],
+        eval_loss={"val": [2.5]},
+    )
     assert TrainHistory.from_dict(h.to_dict()).eval_loss == {"val": [2.5]}
 
 
@@ -209,6 +255,13 @@ def test_bad_config(kwargs, match):
 def test_loss_fn_must_return_a_scalar():
     model = nn.Linear(2, 2)
     cfg = TrainerConfig(progress=False, device="cpu")
-    trainer = Trainer(model, SGD(model.parameters(), lr=0.1), lambda: torch.ones(3, 2), config=cfg, loss_fn=lambda m, b: m(b), eval_sources={})
+    trainer = Trainer(
+        model,
+        SGD(model.parameters(), lr=0.1),
+        lambda: torch.ones(3, 2),
+        config=cfg,
+        loss_fn=lambda m, b: m(b),
+        eval_sources={},
+    )
     with pytest.raises(TypeError, match=r"scalar tensor \(shape \(\)\), got \(3, 2\)"):
         trainer.train_step()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
 from llmcourse.models.transformer import DecoderLayer, EncoderLayer, Transformer, TransformerConfig
 from llmcourse.utils import ShapeError
-from torch import nn
 
 ATOL = 1e-5
 
@@ -49,12 +50,19 @@ def test_encoder_layer_parameter_count_base_model() -> None:
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_encoder_layer_matches_torch(norm_first: bool) -> None:
     torch.manual_seed(0)
-    ref = nn.TransformerEncoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=norm_first)
+    ref = nn.TransformerEncoderLayer(
+        16, 4, 32, dropout=0.0, batch_first=True, norm_first=norm_first
+    )
     _randomise_norms(ref)
     ref.train()  # the training path: torch's inference fast path zeroes padded positions
     ours = EncoderLayer(16, 4, 32, norm_first=norm_first)
     _load_torch_attention(ref.self_attn, ours.self_attn)
-    for a, b in ((ours.ffn.fc1, ref.linear1), (ours.ffn.fc2, ref.linear2), (ours.norm1, ref.norm1), (ours.norm2, ref.norm2)):
+    for a, b in (
+        (ours.ffn.fc1, ref.linear1),
+        (ours.ffn.fc2, ref.linear2),
+        (ours.norm1, ref.norm1),
+        (ours.norm2, ref.norm2),
+    ):
         _copy(a, b)
     x = torch.randn(2, 6, 16)
     real = torch.ones(2, 6, dtype=torch.bool)
@@ -65,7 +73,9 @@ def test_encoder_layer_matches_torch(norm_first: bool) -> None:
 @pytest.mark.parametrize("norm_first", [False, True])
 def test_decoder_layer_matches_torch(norm_first: bool) -> None:
     torch.manual_seed(0)
-    ref = nn.TransformerDecoderLayer(16, 4, 32, dropout=0.0, batch_first=True, norm_first=norm_first)
+    ref = nn.TransformerDecoderLayer(
+        16, 4, 32, dropout=0.0, batch_first=True, norm_first=norm_first
+    )
     _randomise_norms(ref)
     ref.train()
     ours = DecoderLayer(16, 4, 32, norm_first=norm_first)
@@ -85,8 +95,15 @@ def test_decoder_layer_matches_torch(norm_first: bool) -> None:
 
 def _tiny(**kw) -> TransformerConfig:
     base = dict(
-        src_vocab_size=13, tgt_vocab_size=11, d_model=32, n_heads=4, d_ff=64,
-        n_encoder_layers=2, n_decoder_layers=2, dropout=0.0, max_len=32,
+        src_vocab_size=13,
+        tgt_vocab_size=11,
+        d_model=32,
+        n_heads=4,
+        d_ff=64,
+        n_encoder_layers=2,
+        n_decoder_layers=2,
+        dropout=0.0,
+        max_len=32,
     )
     base.update(kw)
     return TransformerConfig(**base)
@@ -126,15 +143,23 @@ def test_loss_ignores_padding_targets() -> None:
     padded[0, 2:] = 0
     with torch.no_grad():
         out = model(src, tgt, padded)
-        per_token = nn.functional.cross_entropy(out.logits.reshape(-1, 11), targets.reshape(-1), reduction="none")
+        per_token = nn.functional.cross_entropy(
+            out.logits.reshape(-1, 11), targets.reshape(-1), reduction="none"
+        )
     keep = (padded != 0).reshape(-1)
     torch.testing.assert_close(out.loss, per_token[keep].mean(), atol=1e-6, rtol=0)
 
 
 def test_state_dict_names_and_tied_output() -> None:
     keys = set(Transformer(_tiny()).state_dict())
-    for name in ("src_emb.weight", "tgt_emb.weight", "out_bias", "encoder.0.self_attn.qkv.weight",
-                 "decoder.1.cross_attn.kv.weight", "decoder.1.norm3.weight"):
+    for name in (
+        "src_emb.weight",
+        "tgt_emb.weight",
+        "out_bias",
+        "encoder.0.self_attn.qkv.weight",
+        "decoder.1.cross_attn.kv.weight",
+        "decoder.1.norm3.weight",
+    ):
         assert name in keys
     untied = set(Transformer(_tiny(tie_output=False)).state_dict())
     assert {"out_proj.weight", "out_proj.bias"} <= untied and "out_bias" not in untied
@@ -144,7 +169,9 @@ def test_learns_to_copy_and_greedy_decodes_it() -> None:
     """A small post-norm model learns to copy 4-token sequences; greedy decoding reproduces them."""
     torch.manual_seed(0)
     bos, eos = 1, 2
-    model = Transformer(_tiny(src_vocab_size=10, tgt_vocab_size=10, n_encoder_layers=1, n_decoder_layers=1))
+    model = Transformer(
+        _tiny(src_vocab_size=10, tgt_vocab_size=10, n_encoder_layers=1, n_decoder_layers=1)
+    )
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(200):
         src = torch.randint(3, 10, (64, 4))

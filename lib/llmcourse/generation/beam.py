@@ -68,7 +68,9 @@ def beam_search_hypotheses(
     first. Without ``eos_id`` every hypothesis has exactly max_new_tokens new tokens."""
     check_prompt(idx, max_new_tokens)
     if idx.shape[0] != 1:
-        raise ShapeError(f"beam_search: idx must hold one prompt, shape (1, T), got {tuple(idx.shape)}")
+        raise ShapeError(
+            f"beam_search: idx must hold one prompt, shape (1, T), got {tuple(idx.shape)}"
+        )
     if isinstance(beam_size, bool) or not isinstance(beam_size, int) or beam_size < 1:
         raise ValueError(f"beam_size must be a positive int, got {beam_size!r}")
     if max_new_tokens == 0:
@@ -84,7 +86,7 @@ def beam_search_hypotheses(
             total = (beam_log_prob[:, None] + log_probs).flatten()  # (K*V,)
             top_lp, top_idx = torch.topk(total, min(2 * beam_size, total.numel()))
             keep_beam, keep_tok, keep_lp = [], [], []
-            for rank, (lp, flat) in enumerate(zip(top_lp.tolist(), top_idx.tolist())):
+            for rank, (lp, flat) in enumerate(zip(top_lp.tolist(), top_idx.tolist(), strict=True)):
                 beam, tok = divmod(flat, vocab)
                 if eos_id is not None and tok == eos_id:
                     if rank < beam_size:  # an EOS ranked below the top beam_size is not a contender
@@ -98,11 +100,14 @@ def beam_search_hypotheses(
                     break
             if not keep_beam or step == max_new_tokens:
                 # Last step (or nothing left to extend): running beams become hypotheses.
-                for beam, tok, lp in zip(keep_beam, keep_tok, keep_lp):
+                for beam, tok, lp in zip(keep_beam, keep_tok, keep_lp, strict=True):
                     finished.add(torch.cat([seq[beam], seq.new_tensor([tok])]), lp, step)
                 break
             beams = torch.tensor(keep_beam, device=idx.device)
-            seq = torch.cat([seq.index_select(0, beams), torch.tensor(keep_tok, device=idx.device)[:, None]], dim=1)
+            seq = torch.cat(
+                [seq.index_select(0, beams), torch.tensor(keep_tok, device=idx.device)[:, None]],
+                dim=1,
+            )
             beam_log_prob = torch.tensor(keep_lp, device=idx.device)
             next_logits.reorder(beams)
             if eos_id is not None and finished.is_done(keep_lp[0], step):
@@ -123,5 +128,7 @@ def beam_search(
 
     See :func:`beam_search_hypotheses` for all candidates with their scores.
     """
-    best = beam_search_hypotheses(model, idx, max_new_tokens, beam_size, length_penalty, eos_id, use_kv_cache)
+    best = beam_search_hypotheses(
+        model, idx, max_new_tokens, beam_size, length_penalty, eos_id, use_kv_cache
+    )
     return best[0].tokens[None]

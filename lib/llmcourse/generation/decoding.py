@@ -37,7 +37,11 @@ def check_prompt(idx: torch.Tensor, max_new_tokens: int) -> None:
         raise TypeError(f"idx must hold integer token ids (torch.long), got dtype {idx.dtype}")
     if idx.dim() != 2 or idx.shape[1] == 0:
         raise ShapeError(f"idx must have shape (B, T) with T >= 1, got {tuple(idx.shape)}")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    if (
+        isinstance(max_new_tokens, bool)
+        or not isinstance(max_new_tokens, int)
+        or max_new_tokens < 0
+    ):
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
 
 
@@ -62,7 +66,11 @@ class NextTokenLogits:
         window = seq if self.block_size is None else seq[:, -self.block_size :]
         if self.cache is None:
             return self.model(window).logits[:, -1]
-        if self.cache.length and window.shape[1] == seq.shape[1] and self.cache.length < seq.shape[1]:
+        if (
+            self.cache.length
+            and window.shape[1] == seq.shape[1]
+            and self.cache.length < seq.shape[1]
+        ):
             new = seq[:, self.cache.length :]  # only the tokens the cache has not seen
         else:
             self.cache.reset()  # first call, or the window slid past block_size
@@ -134,8 +142,12 @@ def generate(
         next_logits = NextTokenLogits(model, b, use_kv_cache)
         for _ in range(max_new_tokens):
             logits = next_logits(seq).float()  # (B, V)
-            logits = apply_penalties(logits, seq, repetition_penalty, frequency_penalty, presence_penalty)
-            nxt = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            logits = apply_penalties(
+                logits, seq, repetition_penalty, frequency_penalty, presence_penalty
+            )
+            nxt = sample_next(
+                logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+            )
             nxt = nxt.masked_fill(done, pad_id)
             seq = torch.cat([seq, nxt[:, None]], dim=1)
             if stops:

@@ -58,7 +58,9 @@ def apply_penalties(
     )  # (B, V): occurrences of each token
     seen = counts > 0
     if repetition_penalty != 1.0:
-        penalised = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
+        penalised = torch.where(
+            logits > 0, logits / repetition_penalty, logits * repetition_penalty
+        )
         logits = torch.where(seen, penalised, logits)
     if frequency_penalty or presence_penalty:
         logits = logits - frequency_penalty * counts - presence_penalty * seen.to(logits.dtype)

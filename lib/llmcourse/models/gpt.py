@@ -88,7 +88,9 @@ class GPTConfig:
             )
         for name, allowed in (("positions", _POSITIONS), ("norm", _NORMS), ("mlp", _MLPS)):
             if getattr(self, name) not in allowed:
-                raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}"
+                )
         if self.positions == "rope" and (self.n_embd // self.n_head) % 2:
             raise ValueError(
                 f"GPTConfig: RoPE needs an even head size, got n_embd/n_head = {self.n_embd // self.n_head}"
@@ -110,7 +112,9 @@ class GPTConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"GPTConfig.from_dict: unknown keys {unknown}; expected a subset of {sorted(known)}")
+            raise ValueError(
+                f"GPTConfig.from_dict: unknown keys {unknown}; expected a subset of {sorted(known)}"
+            )
         return cls(**dict(d))
 
 
@@ -135,6 +139,12 @@ def swiglu_hidden(n_embd: int) -> int:
     return 8 * math.ceil(8 * n_embd / 3 / 8)
 
 
+def _is_compiling() -> bool:
+    """True while torch.compile traces (data-dependent checks would break the graph)."""
+    is_compiling = getattr(torch.compiler, "is_compiling", None)  # torch >= 2.3
+    return bool(is_compiling and is_compiling())
+
+
 def check_token_ids(idx: torch.Tensor, name: str, vocab_size: int | None = None) -> None:
     """Raise a clear error unless ``idx`` is a (B, T) integer tensor of ids < vocab_size."""
     if idx.dtype not in _INDEX_DTYPES:
@@ -144,7 +154,7 @@ def check_token_ids(idx: torch.Tensor, name: str, vocab_size: int | None = None)
         )
     if idx.dim() != 2:
         raise ShapeError(f"{name} must have shape (B, T), got {tuple(idx.shape)}")
-    if vocab_size is not None and idx.numel() and not torch.compiler.is_compiling():
+    if vocab_size is not None and idx.numel() and not _is_compiling():
         lo, hi = torch.aminmax(idx)
         if int(lo) < 0 or int(hi) >= vocab_size:
             raise IndexError(
@@ -190,11 +200,19 @@ class Block(nn.Module):
         self.norm2 = _make_norm(config)
         if config.mlp == "swiglu":
             self.mlp = FeedForward(
-                config.n_embd, swiglu_hidden(config.n_embd), "swiglu", bias=config.bias, dropout=config.dropout
+                config.n_embd,
+                swiglu_hidden(config.n_embd),
+                "swiglu",
+                bias=config.bias,
+                dropout=config.dropout,
             )
         else:
             self.mlp = FeedForward(
-                config.n_embd, 4 * config.n_embd, "gelu_tanh", bias=config.bias, dropout=config.dropout
+                config.n_embd,
+                4 * config.n_embd,
+                "gelu_tanh",
+                bias=config.bias,
+                dropout=config.dropout,
             )
 
     def forward(
@@ -306,12 +324,17 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, None if kv_cache is None else kv_cache[i], rope)
         hidden = self.norm_f(x)  # (B, T, C)
-        logits = F.linear(hidden, self.output_weight)  # (B, T, V)
+        if self.config.tie_weights:
+            logits = F.linear(hidden, self.tok_emb.weight)  # (B, T, V)
+        else:
+            logits = self.lm_head(hidden)  # a module call, so wrappers (LoRA, int8) apply
 
         loss = None
         if targets is not None:
             if targets.shape != idx.shape:
-                raise ShapeError(f"targets: expected shape {tuple(idx.shape)} (as idx), got {tuple(targets.shape)}")
+                raise ShapeError(
+                    f"targets: expected shape {tuple(idx.shape)} (as idx), got {tuple(targets.shape)}"
+                )
             check_token_ids(targets, "targets")
             if loss_mask is not None and loss_mask.shape != idx.shape:
                 raise ShapeError(
@@ -325,7 +348,9 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------ GPT-2 weights
     @classmethod
     def from_hf_gpt2(
-        cls, hf_model_or_state_dict: nn.Module | Mapping[str, torch.Tensor], config: GPTConfig | None = None
+        cls,
+        hf_model_or_state_dict: nn.Module | Mapping[str, torch.Tensor],
+        config: GPTConfig | None = None,
     ) -> GPT:
         """Build a GPT holding the weights of a Hugging Face ``GPT2LMHeadModel`` / ``GPT2Model``.
 
@@ -341,8 +366,15 @@ class GPT(nn.Module):
         else:
             state = dict(hf_model_or_state_dict)
         if config is None:
-            raise ValueError("from_hf_gpt2: pass config=GPTConfig(...) when loading a bare state dict")
-        if (config.positions, config.norm, config.mlp, config.bias) != ("learned", "layernorm", "gelu", True):
+            raise ValueError(
+                "from_hf_gpt2: pass config=GPTConfig(...) when loading a bare state dict"
+            )
+        if (config.positions, config.norm, config.mlp, config.bias) != (
+            "learned",
+            "layernorm",
+            "gelu",
+            True,
+        ):
             raise ValueError(
                 "from_hf_gpt2: GPT-2 needs positions='learned', norm='layernorm', mlp='gelu', "
                 f"bias=True; got {config.positions!r}, {config.norm!r}, {config.mlp!r}, bias={config.bias}"
@@ -373,7 +405,9 @@ def gpt_config_from_hf(hf_config) -> GPTConfig:
     if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False) or getattr(
         hf_config, "reorder_and_upcast_attn", False
     ):
-        raise ValueError("from_hf_gpt2: scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported")
+        raise ValueError(
+            "from_hf_gpt2: scale_attn_by_inverse_layer_idx / reorder_and_upcast_attn are not supported"
+        )
     return GPTConfig(
         vocab_size=hf_config.vocab_size,
         block_size=hf_config.n_positions,
@@ -385,7 +419,9 @@ def gpt_config_from_hf(hf_config) -> GPTConfig:
     )
 
 
-def _map_hf_gpt2_state(state: Mapping[str, torch.Tensor], config: GPTConfig) -> dict[str, torch.Tensor]:
+def _map_hf_gpt2_state(
+    state: Mapping[str, torch.Tensor], config: GPTConfig
+) -> dict[str, torch.Tensor]:
     """Rename (and transpose Conv1D weights of) a GPT-2 state dict into GPT's names."""
     renames = {
         "ln_1": "norm1",

@@ -79,7 +79,9 @@ class TransformerConfig:
                 f"TransformerConfig: d_model={self.d_model} must be divisible by n_heads={self.n_heads}"
             )
         if self.n_encoder_layers < 0 or self.n_decoder_layers < 1:
-            raise ValueError("TransformerConfig: need n_encoder_layers >= 0 and n_decoder_layers >= 1")
+            raise ValueError(
+                "TransformerConfig: need n_encoder_layers >= 0 and n_decoder_layers >= 1"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TransformerConfig.dropout must be in [0, 1), got {self.dropout}")
 
@@ -96,7 +98,10 @@ class TransformerConfig:
 
 
 class EncoderLayer(nn.Module):
-    """Self-attention then FFN, each with residual + LayerNorm. (B, S, d_model) -> same."""
+    """Self-attention then FFN, each with residual + LayerNorm. (B, S, d_model) -> same.
+
+    Also the layer of BERT (post-norm, GELU, ``eps=1e-12``). ``eps``: the LayerNorms' epsilon.
+    """
 
     def __init__(
         self,
@@ -108,15 +113,18 @@ class EncoderLayer(nn.Module):
         norm_first: bool = False,
         activation: str = "relu",
         bias: bool = True,
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.norm_first = norm_first
         self.self_attn = MultiHeadAttention(d_model, n_heads, bias=bias, dropout=dropout)
-        self.norm1 = LayerNorm(d_model, bias=bias)
+        self.norm1 = LayerNorm(d_model, eps=eps, bias=bias)
         self.ffn = FeedForward(d_model, d_ff, activation, bias=bias, dropout=dropout)
-        self.norm2 = LayerNorm(d_model, bias=bias)
+        self.norm2 = LayerNorm(d_model, eps=eps, bias=bias)
 
-    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """x: (B, S, d_model); key_padding_mask: (B, S) bool, True = real token."""
         if self.norm_first:
             x = x + self.self_attn(self.norm1(x), key_padding_mask=key_padding_mask)
@@ -141,17 +149,20 @@ class DecoderLayer(nn.Module):
         norm_first: bool = False,
         activation: str = "relu",
         bias: bool = True,
+        eps: float = 1e-5,
     ) -> None:
         super().__init__()
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, n_heads, bias=bias, causal=True, dropout=dropout)
-        self.norm1 = LayerNorm(d_model, bias=bias)
+        self.self_attn = MultiHeadAttention(
+            d_model, n_heads, bias=bias, causal=True, dropout=dropout
+        )
+        self.norm1 = LayerNorm(d_model, eps=eps, bias=bias)
         self.cross_attn = MultiHeadAttention(
             d_model, n_heads, bias=bias, cross_attention=True, dropout=dropout
         )
-        self.norm2 = LayerNorm(d_model, bias=bias)
+        self.norm2 = LayerNorm(d_model, eps=eps, bias=bias)
         self.ffn = FeedForward(d_model, d_ff, activation, bias=bias, dropout=dropout)
-        self.norm3 = LayerNorm(d_model, bias=bias)
+        self.norm3 = LayerNorm(d_model, eps=eps, bias=bias)
 
     def forward(
         self,
@@ -191,10 +202,12 @@ class Transformer(nn.Module):
         self.positions = SinusoidalPositions(c.d_model, max_len=c.max_len)
         self.drop = Dropout(c.dropout)
         self.encoder = nn.ModuleList(
-            EncoderLayer(c.d_model, c.n_heads, c.d_ff, **layer_args) for _ in range(c.n_encoder_layers)
+            EncoderLayer(c.d_model, c.n_heads, c.d_ff, **layer_args)
+            for _ in range(c.n_encoder_layers)
         )
         self.decoder = nn.ModuleList(
-            DecoderLayer(c.d_model, c.n_heads, c.d_ff, **layer_args) for _ in range(c.n_decoder_layers)
+            DecoderLayer(c.d_model, c.n_heads, c.d_ff, **layer_args)
+            for _ in range(c.n_decoder_layers)
         )
         if c.norm_first:  # pre-norm leaves the residual stream un-normalised: add final norms
             self.encoder_norm = LayerNorm(c.d_model)
@@ -252,7 +265,11 @@ class Transformer(nn.Module):
         """tgt: (B, T) target prefix ids (with a cache: only the new ones) ->
         (logits (B, T, tgt_vocab), hidden (B, T, d_model))."""
         check_token_ids(tgt, "tgt", self.config.tgt_vocab_size)
-        if memory.dim() != 3 or memory.shape[0] != tgt.shape[0] or memory.shape[2] != self.config.d_model:
+        if (
+            memory.dim() != 3
+            or memory.shape[0] != tgt.shape[0]
+            or memory.shape[2] != self.config.d_model
+        ):
             raise ShapeError(
                 f"memory: expected shape ({tgt.shape[0]}, S, {self.config.d_model}), got {tuple(memory.shape)}"
             )
@@ -282,7 +299,9 @@ class Transformer(nn.Module):
         loss = None
         if targets is not None:
             if targets.shape != tgt.shape:
-                raise ShapeError(f"targets: expected shape {tuple(tgt.shape)} (as tgt), got {tuple(targets.shape)}")
+                raise ShapeError(
+                    f"targets: expected shape {tuple(tgt.shape)} (as tgt), got {tuple(targets.shape)}"
+                )
             check_token_ids(targets, "targets")
             targets = targets.masked_fill(targets == self.config.pad_id, -100)
             loss = lm_loss(logits, targets)

@@ -7,10 +7,24 @@ Layers (same parameter names and outputs as their ``torch.nn`` counterparts): :c
 (:func:`scaled_dot_product_attention`, :class:`MultiHeadAttention`) and :class:`KVCache`.
 """
 
-from llmcourse.nn.attention import MultiHeadAttention, attention_weights, scaled_dot_product_attention
+from llmcourse.nn.attention import (
+    MultiHeadAttention,
+    attention_weights,
+    scaled_dot_product_attention,
+)
 from llmcourse.nn.feedforward import ACTIVATIONS, FeedForward
 from llmcourse.nn.kv_cache import KVCache, LayerKVCache
-from llmcourse.nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear, RMSNorm, SiLU, gelu, silu
+from llmcourse.nn.layers import (
+    GELU,
+    Dropout,
+    Embedding,
+    LayerNorm,
+    Linear,
+    RMSNorm,
+    SiLU,
+    gelu,
+    silu,
+)
 from llmcourse.nn.positions import (
     LearnedPositions,
     RotaryEmbedding,

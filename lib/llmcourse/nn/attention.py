@@ -95,7 +95,9 @@ class MultiHeadAttention(nn.Module):
     ) -> None:
         super().__init__()
         if d_model % n_heads:
-            raise ValueError(f"MultiHeadAttention: d_model={d_model} is not divisible by n_heads={n_heads}")
+            raise ValueError(
+                f"MultiHeadAttention: d_model={d_model} is not divisible by n_heads={n_heads}"
+            )
         if kv_dim is not None and not cross_attention:
             raise ValueError("MultiHeadAttention: kv_dim is only used with cross_attention=True")
         self.d_model = d_model

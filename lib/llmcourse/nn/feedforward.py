@@ -39,7 +39,9 @@ class FeedForward(nn.Module):
     ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
-            raise ValueError(f"FeedForward: activation must be one of {ACTIVATIONS}, got {activation!r}")
+            raise ValueError(
+                f"FeedForward: activation must be one of {ACTIVATIONS}, got {activation!r}"
+            )
         self.activation = activation
         self.hidden = hidden
         n_in = 2 * hidden if activation == "swiglu" else hidden

@@ -70,7 +70,10 @@ class LayerKVCache:
             self.k = self.k.index_select(0, index)
             self.v = self.v.index_select(0, index)
         if self.cross is not None:
-            self.cross = (self.cross[0].index_select(0, index), self.cross[1].index_select(0, index))
+            self.cross = (
+                self.cross[0].index_select(0, index),
+                self.cross[1].index_select(0, index),
+            )
 
 
 class KVCache:
@@ -82,7 +85,9 @@ class KVCache:
 
     def __init__(self, n_layers: int, max_len: int, batch_size: int | None = None) -> None:
         if n_layers < 1 or max_len < 1:
-            raise ValueError(f"KVCache: n_layers and max_len must be >= 1, got {n_layers}, {max_len}")
+            raise ValueError(
+                f"KVCache: n_layers and max_len must be >= 1, got {n_layers}, {max_len}"
+            )
         self.max_len = max_len
         self.batch_size = batch_size
         self.layers = [LayerKVCache(max_len) for _ in range(n_layers)]

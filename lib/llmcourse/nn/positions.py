@@ -27,7 +27,9 @@ _INDEX_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 def _check_positions(positions: torch.Tensor, who: str) -> None:
     check_dtype(positions, _INDEX_DTYPES, f"{who} positions (integer token positions)")
     if positions.dim() not in (1, 2):
-        raise ShapeError(f"{who}: positions must have shape (T,) or (B, T), got {tuple(positions.shape)}")
+        raise ShapeError(
+            f"{who}: positions must have shape (T,) or (B, T), got {tuple(positions.shape)}"
+        )
 
 
 def sinusoidal_encoding(
@@ -41,7 +43,8 @@ def sinusoidal_encoding(
     if dim % 2:
         raise ValueError(f"sinusoidal_encoding: dim must be even, got {dim}")
     inv_freq = torch.exp(
-        torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64) * (-math.log(base) / dim)
+        torch.arange(0, dim, 2, device=positions.device, dtype=torch.float64)
+        * (-math.log(base) / dim)
     )  # (dim/2,)
     angles = positions.to(torch.float64)[..., None] * inv_freq  # (..., dim/2)
     pe = torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # interleave sin, cos
@@ -130,7 +133,11 @@ class RotaryEmbedding(nn.Module):
     def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos, sin for ``positions`` (T,) or (B, T) -> each positions.shape + (head_dim/2,)."""
         _check_positions(positions, "RotaryEmbedding")
-        if positions.numel() and 0 <= int(positions.min()) and int(positions.max()) < self.cos_table.shape[0]:
+        if (
+            positions.numel()
+            and 0 <= int(positions.min())
+            and int(positions.max()) < self.cos_table.shape[0]
+        ):
             return self.cos_table[positions], self.sin_table[positions]
         return kernels.rope_cos_sin(positions, self.head_dim, self.base, dtype=self.cos_table.dtype)
 
