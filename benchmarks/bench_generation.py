@@ -39,7 +39,9 @@ def load_model(name: str, device: torch.device) -> tuple[torch.nn.Module, str]:
         vocab = build_tokenizer(cfg.data.tokenizer).vocab_size
         torch.manual_seed(0)
         model = GPT(GPTConfig(vocab_size=vocab, block_size=cfg.data.block_size, **cfg.model))
-        return model.to(device).eval(), f"random weights, base-model shape ({type(err).__name__}: {err})"
+        return model.to(
+            device
+        ).eval(), f"random weights, base-model shape ({type(err).__name__}: {err})"
 
 
 def timed(fn, repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
@@ -58,7 +60,9 @@ def timed(fn, repeats: int, device: torch.device) -> tuple[float, torch.Tensor]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="gpt-shakespeare-char", help="pretrained name or checkpoint dir")
+    parser.add_argument(
+        "--model", default="gpt-shakespeare-char", help="pretrained name or checkpoint dir"
+    )
     parser.add_argument("--new-tokens", type=int, default=256)
     parser.add_argument("--prompt-len", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=1)
@@ -71,11 +75,17 @@ def main() -> None:
     device = resolve_device(args.device)
     model, source = load_model(args.model, device)
     block = model.config.block_size
-    print(f"model: {source}; {model.num_parameters():,} parameters, block_size {block}, device {device}, {torch.get_num_threads()} threads")
+    print(
+        f"model: {source}; {model.num_parameters():,} parameters, block_size {block}, device {device}, {torch.get_num_threads()} threads"
+    )
     if args.prompt_len + args.new_tokens - 1 > block:
-        print(f"note: prompt + new tokens exceed block_size {block}; past it the window slides and the cache is rebuilt every step")
+        print(
+            f"note: prompt + new tokens exceed block_size {block}; past it the window slides and the cache is rebuilt every step"
+        )
     g = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, model.config.vocab_size, (args.batch_size, args.prompt_len), generator=g).to(device)
+    prompt = torch.randint(
+        0, model.config.vocab_size, (args.batch_size, args.prompt_len), generator=g
+    ).to(device)
 
     def run(cache: bool) -> torch.Tensor:
         return generate(model, prompt, args.new_tokens, temperature=0.0, use_kv_cache=cache)
@@ -86,7 +96,9 @@ def main() -> None:
     n = args.new_tokens * args.batch_size
     print(f"uncached: {t_plain * 1000:8.1f} ms  ({n / t_plain:8.0f} tokens/s)")
     print(f"KV cache: {t_cache * 1000:8.1f} ms  ({n / t_cache:8.0f} tokens/s)")
-    print(f"speed-up at {args.new_tokens} new tokens (batch {args.batch_size}): {t_plain / t_cache:.2f}x; identical tokens: {same}")
+    print(
+        f"speed-up at {args.new_tokens} new tokens (batch {args.batch_size}): {t_plain / t_cache:.2f}x; identical tokens: {same}"
+    )
     if not same:
         raise SystemExit("KV-cache and uncached generation disagree")
 

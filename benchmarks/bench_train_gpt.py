@@ -9,7 +9,8 @@ one process, from the same initial weights and the same data:
 * ``trainer`` variants: :class:`llmcourse.train.Trainer` with the library's AdamW, in eager
   mode, with ``torch.compile`` and/or bfloat16 autocast (``--variants``).
 
-For each it prints ms/iteration and tokens/s (evaluation time excluded, first iterations
+The runs are interleaved in chunks of ``eval_interval`` iterations, so that a machine whose
+load varies (a shared CI runner, a laptop) slows them alike. For each run it prints ms/iteration and tokens/s (evaluation time excluded, first iterations
 excluded as warm-up), the peak resident memory during the run, the final validation loss on
 the same 200 validation batches, and the share of the machine's measured fp32 matmul FLOP/s
 the training reaches (model FLOPs per token = 6 N + 12 L d T, as in nanoGPT's MFU estimate).
@@ -30,7 +31,6 @@ import resource
 import statistics
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -96,12 +96,16 @@ def matmul_flops(n: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.flo
 def flops_per_token(config: GPTConfig, model: GPT) -> float:
     """Training FLOPs per token: 6 N (N = every matmul weight, the tied output layer included)
     plus 12 L d T for the attention scores and their weighted sums (forward + backward)."""
-    n = model.num_parameters() - (model.pos_emb.weight.numel() if config.positions == "learned" else 0)
+    n = model.num_parameters() - (
+        model.pos_emb.weight.numel() if config.positions == "learned" else 0
+    )
     return 6 * n + 12 * config.n_layer * config.n_embd * config.block_size
 
 
 @torch.no_grad()
-def fixed_val_loss(model: torch.nn.Module, val: np.ndarray, block: int, batch: int, batches: int) -> float:
+def fixed_val_loss(
+    model: torch.nn.Module, val: np.ndarray, block: int, batch: int, batches: int
+) -> float:
     """Mean loss over ``batches`` validation batches drawn with a fixed seed (same for all runs)."""
     from llmcourse.data import get_batch
 
@@ -154,99 +158,171 @@ class Result:
 # ------------------------------------------------------------------------------ the two loops
 
 
-def run_baseline(cfg, run, iters: int, eval_batches_final: int) -> Result:
-    """A plain PyTorch loop in the style of nanoGPT's train.py, on the same model and data."""
-    d, o, t = cfg.data, cfg.optim, cfg.train
-    set_seed(cfg.seed)
-    model = GPT(GPTConfig(vocab_size=run.tokenizer.vocab_size, block_size=d.block_size, **cfg.model))
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), run.model.parameters(), strict=True))
-    optimizer = torch.optim.AdamW(weight_decay_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
-    train, val = run.train_tokens, run.val_tokens
-    torch.manual_seed(cfg.seed + 1)
+class Runner:
+    """One training run that can be advanced in chunks (to interleave runs on a noisy machine)."""
 
-    def get_batch(data: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        ix = torch.randint(len(data) - d.block_size, (d.batch_size,))
+    name = ""
+
+    def __init__(self) -> None:
+        self.step_times: list[float] = []
+        self.eval_time = 0.0
+        self.wall_time = 0.0
+        self.peak_rss = 0
+
+    def advance(self, target: int) -> None:
+        """Train until ``target`` iterations are done."""
+        t0 = time.perf_counter()
+        with PeakRSS() as mem:
+            self._advance(target)
+        self.wall_time += time.perf_counter() - t0
+        self.peak_rss = max(self.peak_rss, mem.peak)
+
+    def _advance(self, target: int) -> None:
+        raise NotImplementedError
+
+    def result(self, val_batches: int) -> Result:
+        raise NotImplementedError
+
+
+class Baseline(Runner):
+    """A plain PyTorch loop in the style of nanoGPT's train.py, on the same model and data."""
+
+    name = "baseline (plain loop, torch.optim.AdamW)"
+
+    def __init__(self, cfg, run, iters: int) -> None:
+        super().__init__()
+        d, o = cfg.data, cfg.optim
+        self.cfg, self.iters = cfg, iters
+        set_seed(cfg.seed)
+        self.model = GPT(
+            GPTConfig(vocab_size=run.tokenizer.vocab_size, block_size=d.block_size, **cfg.model)
+        )
+        same = zip(self.model.parameters(), run.model.parameters(), strict=True)
+        assert all(torch.equal(a, b) for a, b in same), (
+            "baseline and Trainer must start from the same weights"
+        )
+        groups = weight_decay_groups(self.model, o.weight_decay)
+        self.optimizer = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+        self.train, self.val = run.train_tokens, run.val_tokens
+        self.rng = torch.Generator().manual_seed(cfg.seed + 1)  # nanoGPT uses the global RNG
+        self.it, self.logged_val, self.last_loss = 0, float("nan"), float("nan")
+
+    def get_batch(self, data: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        d = self.cfg.data
+        ix = torch.randint(len(data) - d.block_size, (d.batch_size,), generator=self.rng)
         x = torch.stack([torch.from_numpy(data[i : i + d.block_size].astype(np.int64)) for i in ix])
-        y = torch.stack([torch.from_numpy(data[i + 1 : i + 1 + d.block_size].astype(np.int64)) for i in ix])
+        y = torch.stack(
+            [torch.from_numpy(data[i + 1 : i + 1 + d.block_size].astype(np.int64)) for i in ix]
+        )
         return x, y
 
     @torch.no_grad()
-    def estimate_loss() -> dict[str, float]:
-        model.eval()
-        out = {}
-        for split, data in (("train", train), ("val", val)):
-            losses = torch.zeros(t.eval_batches)
-            for k in range(t.eval_batches):
-                x, y = get_batch(data)
-                losses[k] = model(x, targets=y).loss.item()
-            out[split] = losses.mean().item()
-        model.train()
-        return out
+    def estimate_val_loss(self) -> float:
+        self.model.eval()
+        losses = []
+        for _ in range(self.cfg.train.eval_batches):
+            x, y = self.get_batch(self.val)
+            losses.append(self.model(x, targets=y).loss.item())
+        self.model.train()
+        return float(np.mean(losses))
 
-    step_times, eval_time, logged = [], 0.0, float("nan")
-    wall0 = time.perf_counter()
-    with PeakRSS() as mem:
-        for it in range(iters):
+    def _advance(self, target: int) -> None:
+        o, t = self.cfg.optim, self.cfg.train
+        model, optimizer = self.model, self.optimizer
+        while self.it < target:
             t0 = time.perf_counter()
-            lr = lr_at(it, max_lr=o.lr, min_lr=o.min_lr, warmup_steps=o.warmup_steps, decay_steps=o.decay_steps)
+            lr = lr_at(
+                self.it,
+                max_lr=o.lr,
+                min_lr=o.min_lr,
+                warmup_steps=o.warmup_steps,
+                decay_steps=o.decay_steps,
+            )
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            x, y = get_batch(train)
+            x, y = self.get_batch(self.train)
             loss = model(x, targets=y).loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            last = loss.item()
-            step_times.append(time.perf_counter() - t0)
-            if (it + 1) % t.eval_interval == 0 or it + 1 == iters:
+            self.last_loss = loss.item()
+            self.step_times.append(time.perf_counter() - t0)
+            self.it += 1
+            if self.it % t.eval_interval == 0 or self.it == self.iters:
                 e0 = time.perf_counter()
-                logged = estimate_loss()["val"]
-                eval_time += time.perf_counter() - e0
-    wall = time.perf_counter() - wall0
-    val_loss = fixed_val_loss(model, val, d.block_size, d.batch_size, eval_batches_final)
-    return Result("baseline (plain loop, torch.optim.AdamW)", step_times, eval_time, wall, step_times[0], mem.peak, val_loss, logged, last)
+                self.logged_val = self.estimate_val_loss()
+                self.eval_time += time.perf_counter() - e0
+
+    def result(self, val_batches: int) -> Result:
+        d = self.cfg.data
+        val = fixed_val_loss(self.model, self.val, d.block_size, d.batch_size, val_batches)
+        return Result(
+            self.name,
+            self.step_times,
+            self.eval_time,
+            self.wall_time,
+            self.step_times[0],
+            self.peak_rss,
+            val,
+            self.logged_val,
+            self.last_loss,
+        )
 
 
-def run_trainer(cfg, variant: str, iters: int, eval_batches_final: int) -> Result:
+class TrainerRun(Runner):
     """llmcourse's Trainer (library AdamW, RandomBatches) built from the same config."""
-    train_cfg = dataclasses.replace(
-        cfg.train,
-        max_steps=iters,
-        compile="compile" in variant,
-        precision="bfloat16" if "bf16" in variant else "float32",
-        progress=False,
-        checkpoint_dir=None,
-    )
-    cfg = dataclasses.replace(cfg, train=train_cfg)
-    run = build_run(cfg)
-    trainer = run.trainer
-    step_times: list[float] = []
-    eval_time = [0.0]
-    real_step: Callable[[], float] = trainer.train_step
-    real_eval = trainer.evaluate
 
-    def timed_step() -> float:
-        t0 = time.perf_counter()
-        value = real_step()
-        step_times.append(time.perf_counter() - t0)
-        return value
+    def __init__(self, cfg, variant: str, iters: int) -> None:
+        super().__init__()
+        train_cfg = dataclasses.replace(
+            cfg.train,
+            max_steps=iters,
+            compile="compile" in variant,
+            precision="bfloat16" if "bf16" in variant else "float32",
+            progress=False,
+            log=False,
+            checkpoint_dir=None,
+        )
+        self.cfg = dataclasses.replace(cfg, train=train_cfg)
+        self.name = f"llmcourse Trainer ({variant})"
+        self.run = build_run(self.cfg)
+        trainer = self.run.trainer
+        real_step, real_eval = trainer.train_step, trainer.evaluate
 
-    def timed_eval(*args, **kwargs):
-        t0 = time.perf_counter()
-        out = real_eval(*args, **kwargs)
-        eval_time[0] += time.perf_counter() - t0
-        return out
+        def timed_step() -> float:
+            t0 = time.perf_counter()
+            value = real_step()
+            self.step_times.append(time.perf_counter() - t0)
+            return value
 
-    trainer.train_step, trainer.evaluate = timed_step, timed_eval
-    wall0 = time.perf_counter()
-    with PeakRSS() as mem:
-        history = trainer.fit()
-    wall = time.perf_counter() - wall0
-    d = cfg.data
-    val_loss = fixed_val_loss(run.model, run.val_tokens, d.block_size, d.batch_size, eval_batches_final)
-    name = f"llmcourse Trainer ({variant})"
-    return Result(name, step_times, eval_time[0], wall, step_times[0], mem.peak, val_loss, history.eval_loss["val"][-1], history.loss[-1])
+        def timed_eval(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = real_eval(*args, **kwargs)
+            self.eval_time += time.perf_counter() - t0
+            return out
+
+        trainer.train_step, trainer.evaluate = timed_step, timed_eval
+
+    def _advance(self, target: int) -> None:
+        self.run.trainer.fit(max_steps=target)
+
+    def result(self, val_batches: int) -> Result:
+        d, h = self.cfg.data, self.run.trainer.history
+        val = fixed_val_loss(
+            self.run.model, self.run.val_tokens, d.block_size, d.batch_size, val_batches
+        )
+        return Result(
+            self.name,
+            self.step_times,
+            self.eval_time,
+            self.wall_time,
+            self.step_times[0],
+            self.peak_rss,
+            val,
+            h.eval_loss["val"][-1],
+            h.loss[-1],
+        )
 
 
 # ------------------------------------------------------------------------------ main
@@ -255,12 +331,25 @@ def run_trainer(cfg, variant: str, iters: int, eval_batches_final: int) -> Resul
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "nanogpt_cpu_bench.toml")
-    parser.add_argument("--iters", type=int, help="training iterations (default: the config's max_steps)")
-    parser.add_argument("--variants", default="eager", help="comma list of eager, compile, bf16, compile-bf16")
+    parser.add_argument(
+        "--iters", type=int, help="training iterations (default: the config's max_steps)"
+    )
+    parser.add_argument(
+        "--variants", default="eager", help="comma list of eager, compile, bf16, compile-bf16"
+    )
     parser.add_argument("--skip-baseline", action="store_true")
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--warmup", type=int, default=10, help="iterations left out of the throughput")
-    parser.add_argument("--val-batches", type=int, default=200, help="batches for the final validation loss")
+    parser.add_argument(
+        "--threads", type=int, help="torch.set_num_threads (default: torch's choice)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=10, help="iterations left out of the throughput"
+    )
+    parser.add_argument(
+        "--val-batches", type=int, default=200, help="batches for the final validation loss"
+    )
+    parser.add_argument(
+        "--chunk", type=int, help="interleave runs every N iterations (default: eval_interval)"
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
     if args.threads:
@@ -270,29 +359,46 @@ def main() -> None:
     iters = args.iters or cfg.train.max_steps
     d = cfg.data
     tokens_per_iter = d.batch_size * d.block_size * cfg.train.grad_accum_steps
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     peak = matmul_flops()
     print(f"measured fp32 matmul (2048^3): {peak / 1e9:.1f} GFLOP/s")
 
-    run0 = build_run(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, progress=False)))
+    run0 = build_run(
+        dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, progress=False, max_steps=iters)
+        )
+    )
     fpt = flops_per_token(run0.model.config, run0.model)
-    print(f"model: {run0.model.num_parameters():,} parameters, {fpt / 1e6:.2f} MFLOP per training token, {tokens_per_iter} tokens/iter, {iters} iters")
+    print(
+        f"model: {run0.model.num_parameters():,} parameters, {fpt / 1e6:.2f} MFLOP per training token, {tokens_per_iter} tokens/iter, {iters} iters"
+    )
 
-    results = []
-    if not args.skip_baseline:
-        results.append(run_baseline(cfg, run0, iters, args.val_batches))
-        print(json.dumps(results[-1].summary(tokens_per_iter, args.warmup, fpt, peak)), flush=True)
+    runners: list[Runner] = [] if args.skip_baseline else [Baseline(cfg, run0, iters)]
     del run0
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
-        try:
-            results.append(run_trainer(cfg, variant, iters, args.val_batches))
-            print(json.dumps(results[-1].summary(tokens_per_iter, args.warmup, fpt, peak)), flush=True)
-        except Exception as err:  # keep benchmarking the other variants
-            print(f"variant {variant} failed: {type(err).__name__}: {err}", flush=True)
-
+        runners.append(TrainerRun(cfg, variant, iters))
+    # Interleave the runs in chunks of eval_interval iterations, so that a machine whose load
+    # changes over time (shared CI runners, laptops) slows them all alike.
+    chunk = args.chunk or cfg.train.eval_interval or iters
+    for target in range(chunk, iters + chunk, chunk):
+        for r in runners:
+            r.advance(min(target, iters))
+        print(
+            f"  {min(target, iters)}/{iters} iterations: "
+            + ", ".join(
+                f"{r.name} {1000 * statistics.median(r.step_times[-chunk:]):.1f} ms/iter"
+                for r in runners
+            ),
+            flush=True,
+        )
+    results = [r.result(args.val_batches) for r in runners]
     rows = [r.summary(tokens_per_iter, args.warmup, fpt, peak) for r in results]
     print()
-    print(f"{'run':44s} {'ms/iter':>8s} {'tokens/s':>9s} {'peak RSS':>9s} {'val loss':>9s} {'matmul%':>8s} {'1st step':>9s}")
+    print(
+        f"{'run':44s} {'ms/iter':>8s} {'tokens/s':>9s} {'peak RSS':>9s} {'val loss':>9s} {'matmul%':>8s} {'1st step':>9s}"
+    )
     for r in rows:
         print(
             f"{r['name']:44s} {r['ms_per_iter_median']:8.1f} {r['tokens_per_s']:9.0f} {r['peak_rss_mb']:7.0f}MB "
@@ -301,10 +407,25 @@ def main() -> None:
     if rows and not args.skip_baseline:
         base = rows[0]["tokens_per_s"]
         for r in rows[1:]:
-            print(f"{r['name']}: {r['tokens_per_s'] / base:.2f}x the plain loop, {r['tokens_per_s'] / NANOGPT_TOKENS_PER_S:.2f}x nanoGPT's published ~{NANOGPT_TOKENS_PER_S:,} tokens/s")
-    print(f"targets: val loss <= {TARGET_VAL_LOSS} at 2,000 iters; >= {TARGET_SPEEDUP}x nanoGPT's loop throughput")
+            print(
+                f"{r['name']}: {r['tokens_per_s'] / base:.2f}x the plain loop, {r['tokens_per_s'] / NANOGPT_TOKENS_PER_S:.2f}x nanoGPT's published ~{NANOGPT_TOKENS_PER_S:,} tokens/s"
+            )
+    print(
+        f"targets: val loss <= {TARGET_VAL_LOSS} at 2,000 iters; >= {TARGET_SPEEDUP}x nanoGPT's loop throughput"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"matmul_flops": peak, "flops_per_token": fpt, "tokens_per_iter": tokens_per_iter, "threads": torch.get_num_threads(), "results": rows}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "matmul_flops": peak,
+                    "flops_per_token": fpt,
+                    "tokens_per_iter": tokens_per_iter,
+                    "threads": torch.get_num_threads(),
+                    "results": rows,
+                },
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

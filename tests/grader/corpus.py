@@ -247,6 +247,20 @@ CASES: list[Case] = [
         Expect(3, tests={"scale_test": "tampered"}, flags={"patched-functions"}),
     ),
     Case(
+        "chapter_helper_code_swapped",
+        "the chapter's assertion helper given a do-nothing __code__ (same object, new code)",
+        lambda i, s: solved(
+            s,
+            mean="close_enough.__code__ = (lambda *a, **k: None).__code__\n\n"
+            "def mean(xs):\n    return 2.0",
+        ),
+        Expect(
+            1,
+            tests={"add_test": "passed", "mean_test": "tampered", "scale_test": "tampered"},
+            flags={"changed-course-function"},
+        ),
+    ),
+    Case(
         "builtin_replaced",
         "a builtin (len) replaced in the builtins module",
         lambda i, s: solved(

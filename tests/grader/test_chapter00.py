@@ -50,17 +50,28 @@ def test_three_submissions_of_chapter_00_get_exact_scores(root: Path, tmp_path: 
         nbformat.write(nb, inbox / name / f"{CHAPTER}.ipynb")
     assert [c.outcome for c in collect(course, inbox)] == ["new"] * 3
 
-    summary = autograde(course, workers=2, progress=False, config=course.sandbox_config(cell_timeout_s=300))
+    summary = autograde(
+        course, workers=2, progress=False, config=course.sandbox_config(cell_timeout_s=300)
+    )
     assert (summary.graded, summary.invalid, summary.grader_errors) == (3, 0, 0)
 
     grades = {g.student: g.result for g in course.gradebook().grades()}
-    partial_points = {gid: (p if gid.removesuffix("_test") in PARTLY_SOLVED else 0.0) for gid, p in POINTS.items()}
-    expected = {"instructor": POINTS, "untouched": dict.fromkeys(POINTS, 0.0), "partial": partial_points}
+    partial_points = {
+        gid: (p if gid.removesuffix("_test") in PARTLY_SOLVED else 0.0) for gid, p in POINTS.items()
+    }
+    expected = {
+        "instructor": POINTS,
+        "untouched": dict.fromkeys(POINTS, 0.0),
+        "partial": partial_points,
+    }
     for student_name, points in expected.items():
         result = grades[student_name]
         assert result.status == R.GRADED, result.error
         recorded = {t.grade_id: t.points for t in result.tests}
-        assert recorded == points, (student_name, [(t.grade_id, t.status, t.message) for t in result.tests])
+        assert recorded == points, (
+            student_name,
+            [(t.grade_id, t.status, t.message) for t in result.tests],
+        )
         assert result.max_score == 13.0
         assert not result.flag_codes((R.TAMPER,)), (student_name, result.flags)
     assert [grades[s].score for s in ("instructor", "untouched", "partial")] == [13.0, 0.0, 4.0]

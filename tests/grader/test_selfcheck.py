@@ -26,7 +26,9 @@ def repo(tmp_path: Path, root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return fake
 
 
-def check(nb: nbformat.NotebookNode, folder: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+def check(
+    nb: nbformat.NotebookNode, folder: Path, capsys: pytest.CaptureFixture
+) -> tuple[int, str]:
     path = folder / "work" / "90_toy.ipynb"
     path.parent.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, path)
@@ -34,7 +36,9 @@ def check(nb: nbformat.NotebookNode, folder: Path, capsys: pytest.CaptureFixture
     return code, capsys.readouterr().out
 
 
-def test_reports_public_tests_and_says_hidden_tests_come_later(repo: Path, tmp_path: Path, capsys) -> None:
+def test_reports_public_tests_and_says_hidden_tests_come_later(
+    repo: Path, tmp_path: Path, capsys
+) -> None:
     student = editions(TOY)[1]
     partial = stub(student)
     next(c for c in partial.cells if c.get("id") == "add").source = SOLVED["add"]
@@ -53,7 +57,9 @@ def test_passing_the_public_tests_is_not_the_grade(repo: Path, tmp_path: Path, c
 
 def test_stdin_is_disabled_in_the_self_check_too(repo: Path, tmp_path: Path, capsys) -> None:
     student = editions(TOY)[1]
-    code, out = check(solved(student, mean="def mean(xs):\n    return float(input('n? '))"), tmp_path, capsys)
+    code, out = check(
+        solved(student, mean="def mean(xs):\n    return float(input('n? '))"), tmp_path, capsys
+    )
     assert code == 1
     assert "input() and sys.stdin are disabled" in out
 

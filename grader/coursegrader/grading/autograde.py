@@ -13,7 +13,6 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -196,17 +195,3 @@ def autograde(
     bar.close()
     summary.seconds = time.monotonic() - start
     return summary
-
-
-def grade_one(
-    course: CourseDir, path: Path, chapter: str, config: SandboxConfig | None = None
-) -> SubmissionResult:
-    """Grade a single file in this process without touching the gradebook (for tests and checks)."""
-    from .engine import grade_file
-
-    return grade_file(
-        Path(path),
-        course.assignment(chapter),
-        config or course.sandbox_config(),
-        max_mb=course.settings.max_submission_mb,
-    )

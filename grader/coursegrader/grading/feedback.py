@@ -14,8 +14,8 @@ from pathlib import Path
 
 from . import results as R
 from .course import CourseDir
-from .engine import redact
 from .gradebook import Grade
+from .scoring import redact
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;padding:0 1em;color:#222}

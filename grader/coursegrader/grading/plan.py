@@ -88,14 +88,6 @@ class Assignment:
     def max_score(self) -> float:
         return float(sum(t.points for t in self.tests))
 
-    @property
-    def exercise_ids(self) -> set[str]:
-        return {
-            chapter_source.grade_id(c)
-            for c in self.release.cells
-            if chapter_source.nbgrader_meta(c)
-        }
-
 
 @dataclass
 class Step:

@@ -36,7 +36,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -211,12 +210,11 @@ def exposed_paths(config: SandboxConfig) -> list[Path]:
         ):
             continue
         for bad in forbidden:
-            if bad == path or bad in path.parents or path in bad.parents:
-                if bad == path or path in bad.parents:
-                    raise SandboxError(
-                        f"refusing to expose {path} to student code: it contains {bad} "
-                        "(keep the course folder and chapter sources outside the Python installation)"
-                    )
+            if bad == path or path in bad.parents:  # exposing `path` would expose `bad`
+                raise SandboxError(
+                    f"refusing to expose {path} to student code: it contains {bad} "
+                    "(keep the course folder and chapter sources outside the Python installation)"
+                )
         if any(p == path or p in path.parents for p in chosen):
             continue
         chosen = [p for p in chosen if path not in p.parents] + [path]
@@ -230,12 +228,14 @@ def _mount_script(paths: list[Path], limits: Limits, uid: int | None, gid: int |
         "set -eu",
         'R="$1"; shift',
         'STUDENT_PATH="$PATH"; PATH="/usr/sbin:/sbin:/usr/bin:/bin"',
-        'mount -t tmpfs -o mode=755,size=16m coursegrader-root "$R"',
+        # read-only, no setuid, no devices; in a user namespace a source mounted noexec stays so
+        'ro() { mount -o remount,bind,ro,nosuid,nodev "$1" || mount -o remount,bind,ro,nosuid,nodev,noexec "$1"; }',
+        'mount -t tmpfs -o mode=755,size=16m,nosuid coursegrader-root "$R"',
         'mkdir -p "$R/usr" "$R/etc" "$R/dev" "$R/proc" "$R/tmp" "$R/.old"',
-        'for d in usr etc; do mount --rbind "/$d" "$R/$d"; mount -o remount,bind,ro "$R/$d"; done',
+        'for d in usr etc; do mount --rbind "/$d" "$R/$d"; ro "$R/$d"; done',
         "for l in bin lib lib32 lib64 libx32 sbin; do",
         '  if [ -L "/$l" ]; then ln -s "$(readlink "/$l")" "$R/$l";',
-        '  elif [ -d "/$l" ]; then mkdir -p "$R/$l"; mount --rbind "/$l" "$R/$l"; mount -o remount,bind,ro "$R/$l"; fi',
+        '  elif [ -d "/$l" ]; then mkdir -p "$R/$l"; mount --rbind "/$l" "$R/$l"; ro "$R/$l"; fi',
         "done",
     ]
     for path in paths:
@@ -243,13 +243,13 @@ def _mount_script(paths: list[Path], limits: Limits, uid: int | None, gid: int |
         lines += [
             f"mkdir -p {target}",
             f"mount --rbind {q(str(path))} {target}",
-            f"mount -o remount,bind,ro {target}",
+            f"ro {target}",
         ]
     lines += [
         'for f in null zero full random urandom; do touch "$R/dev/$f"; mount --bind "/dev/$f" "$R/dev/$f"; done',
         'ln -s /proc/self/fd "$R/dev/fd"',
-        'mkdir -p "$R/dev/shm"; mount -t tmpfs -o mode=1777,size=64m coursegrader-shm "$R/dev/shm"',
-        f'mount -t tmpfs -o mode=1777,size={int(limits.disk_mb)}m coursegrader-tmp "$R/tmp"',
+        'mkdir -p "$R/dev/shm"; mount -t tmpfs -o mode=1777,size=64m,nosuid,nodev coursegrader-shm "$R/dev/shm"',
+        f'mount -t tmpfs -o mode=1777,size={int(limits.disk_mb)}m,nosuid,nodev coursegrader-tmp "$R/tmp"',
         'mkdir -p "$R/tmp/work"',
         'mount -t proc proc "$R/proc"',
         'chmod 755 "$R"',
@@ -302,6 +302,17 @@ def _clean_env(limits: Limits, workdir: str) -> dict[str, str]:
     return env
 
 
+def _sweep_mountpoints() -> None:
+    """Remove the empty mount points left by graders that were killed (their pid is gone)."""
+    for folder in Path(tempfile.gettempdir()).glob("coursegrader-root-*-*"):
+        owner = folder.name.split("-")[2]
+        if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+
 class Sandbox:
     """One running runner: start it, talk to it through :attr:`channel`, interrupt or kill it."""
 
@@ -344,7 +355,8 @@ class Sandbox:
             else:
                 runner_limits["processes"] = None  # shared with the instructor's own processes
             config = {"limits": runner_limits, "workdir": "/tmp/work"}
-            self._mountpoint = tempfile.mkdtemp(prefix="coursegrader-root-")
+            _sweep_mountpoints()
+            self._mountpoint = tempfile.mkdtemp(prefix=f"coursegrader-root-{os.getpid()}-")
             script = _mount_script(exposed_paths(self.config), limits, uid, gid)
             unshare = [
                 "unshare",
@@ -496,12 +508,3 @@ class Sandbox:
 
     def __exit__(self, *exc: object) -> None:
         self.kill()
-
-
-def wait_until(predicate, timeout: float, step: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
