@@ -23,9 +23,12 @@ def random_key_mask(batch: int, seq_k: int, generator: torch.Generator) -> torch
 
 
 def run_pytest_in_subprocess(
-    cases_file: str, env_updates: dict[str, str | None], timeout_s: float, junit_xml: str
+    cases_file: str | list[str],
+    env_updates: dict[str, str | None],
+    timeout_s: float,
+    junit_xml: str,
 ) -> tuple[dict[str, tuple[str, str]], str, int]:
-    """Run ``python -m pytest cases_file`` in a fresh process and read its JUnit report.
+    """Run ``python -m pytest cases_file...`` in a fresh process and read its JUnit report.
 
     ``env_updates`` sets (str) or removes (None) environment variables for the child; this is
     how Triton's interpreter gets switched on before Triton is imported. Returns
@@ -45,8 +48,9 @@ def run_pytest_in_subprocess(
             env.pop(key, None)
         else:
             env[key] = value
+    files = [cases_file] if isinstance(cases_file, str) else list(cases_file)
     command = [
-        sys.executable, "-m", "pytest", cases_file, "-q", "-p", "no:cacheprovider",
+        sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider",
         f"--junitxml={junit_xml}",
     ]  # fmt: skip
     proc = subprocess.run(

@@ -1,8 +1,10 @@
 """Run the Triton kernels under Triton's CPU interpreter and report per kernel.
 
 ``TRITON_INTERPRET=1`` only takes effect for kernels defined after it is set, so the cases in
-``triton_cases.py`` run once in a child pytest process with that variable set; each test
-here reports the child's results for one kernel, naming every failing case and its message.
+``triton_cases.py`` (values and gradients) and ``triton_memory_cases.py`` (memory safety with
+strided inputs and canaries, and a few GPT training steps on the kernels) run once in a child
+pytest process with that variable set; each test here reports the child's results for one
+kernel, naming every failing case and its message.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ from pathlib import Path
 import pytest
 from kernels_testing import run_pytest_in_subprocess
 
-CASES_FILE = Path(__file__).with_name("triton_cases.py")
+CASES_FILES = [
+    str(Path(__file__).with_name(name)) for name in ("triton_cases.py", "triton_memory_cases.py")
+]
 GROUPS = {
     "attention": ("test_attention_",),
     "cross_entropy": ("test_cross_entropy_",),
@@ -20,6 +24,7 @@ GROUPS = {
     "lstm_cell": ("test_lstm_cell_",),
     "rope": ("test_rope_",),
     "dispatch": ("test_public_", "test_auto_", "test_forced_"),
+    "gpt_training": ("test_gpt_",),
 }
 
 
@@ -27,7 +32,7 @@ GROUPS = {
 def interpreter_results(tmp_path_factory):
     junit = tmp_path_factory.mktemp("interpreter") / "junit.xml"
     return run_pytest_in_subprocess(
-        str(CASES_FILE),
+        CASES_FILES,
         {"TRITON_INTERPRET": "1", "LLMCOURSE_KERNELS": None},
         timeout_s=900,
         junit_xml=str(junit),

@@ -15,7 +15,10 @@ Not collected by a plain ``pytest tests/``. Two ways to run it:
 
 Shapes are small because the interpreter executes each program instance with NumPy; small tile
 sizes (16) still give several tiles per sequence, so tile edges and the online softmax across
-tiles are exercised.
+tiles are exercised. Every case runs under ``memory_guard.memory_checks`` (out-of-bounds loads
+and stores raise under the interpreter; ``torch.empty`` memory reads as NaN), and
+``compare_with_reference`` also checks that inputs and upstream gradients stay unchanged.
+Layouts with gaps, canaries and a GPT training run are in ``triton_memory_cases.py``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from kernels_testing import assert_close, compare_with_reference, leaf, random_key_mask, upcast_leaf
+from memory_guard import memory_checks  # noqa: F401 - autouse: bounds checks, NaN-filled empties
 
 DEVICE = torch.device(os.environ.get("LLMCOURSE_KERNEL_TEST_DEVICE", "cpu"))
 if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":

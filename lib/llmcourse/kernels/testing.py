@@ -53,6 +53,22 @@ def _as_tuple(x: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor,
     return x if isinstance(x, tuple) else (x,)
 
 
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The raw bytes of ``t`` (exact and NaN-safe, unlike ``==``)."""
+    return t.detach().reshape(-1).view(torch.uint8).clone()
+
+
+def _assert_untouched(
+    tensors: dict[str, torch.Tensor], before: dict[str, torch.Tensor], label: str
+) -> None:
+    """Each tensor must still hold the bytes recorded in ``before``."""
+    for name, t in tensors.items():
+        assert torch.equal(_bits(t), before[name]), (
+            f"{label}: {name} changed during forward/backward; a kernel must not write into its "
+            f"inputs or into the upstream gradient (autograd may still need them)"
+        )
+
+
 def compare_with_reference(
     kernel_fn: Callable[..., Any],
     expected_fn: Callable[..., Any],
@@ -67,8 +83,9 @@ def compare_with_reference(
     ``kernel_fn`` gets leaf copies of the floating-point ``inputs`` (in their own dtype),
     ``expected_fn`` float32 upcasts of the same values; other inputs (integer targets, masks,
     ``None``) are passed unchanged. One random upstream gradient per output (drawn on the CPU
-    from ``grad_seed``) is backpropagated through both. ``names`` labels the inputs in error
-    messages. Raises ``AssertionError`` naming the first mismatch.
+    from ``grad_seed``) is backpropagated through both. The kernel's inputs and upstream
+    gradients must come out bit-identical (no writes into them). ``names`` labels the inputs in
+    error messages. Raises ``AssertionError`` naming the first mismatch.
     """
 
     def leaves(make):
@@ -77,11 +94,16 @@ def compare_with_reference(
         ]
 
     ours_in, exp_in = leaves(leaf), leaves(upcast_leaf)
+    watched = {f"input {i}": t for i, t in enumerate(ours_in) if isinstance(t, torch.Tensor)}
+    before = {name: _bits(t) for name, t in watched.items()}
     ours, expected = _as_tuple(kernel_fn(*ours_in)), _as_tuple(expected_fn(*exp_in))
     assert len(ours) == len(expected), f"{label}: {len(ours)} outputs, expected {len(expected)}"
     gen = torch.Generator().manual_seed(grad_seed)
     grads = [torch.randn(o.shape, generator=gen).to(o.device, o.dtype) for o in ours]
+    watched |= {f"upstream gradient {i}": g for i, g in enumerate(grads)}
+    before |= {f"upstream gradient {i}": _bits(g) for i, g in enumerate(grads)}
     torch.autograd.backward(ours, grads)
+    _assert_untouched(watched, before, label)
     torch.autograd.backward(expected, [g.to(e.dtype) for g, e in zip(grads, expected, strict=True)])
 
     for i, (o, e) in enumerate(zip(ours, expected, strict=True)):

@@ -24,6 +24,9 @@ the hardware computes natively.
 Padding: head dims that are not a power of two are padded up to BLOCK_D with masked loads
 (zeros add nothing to dot products); sequence lengths that are not a multiple of the block
 size are handled the same way at the edges, and out-of-range keys are masked to -inf.
+
+Strides: q, k, v may be views with gaps (in the models they are slices of one fused (B, T, 3C)
+projection); every tensor, inputs and outputs alike, is addressed with its *own* strides.
 """
 
 from __future__ import annotations
@@ -162,6 +165,8 @@ def _attention_backward_dkdv_kernel(
     stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt,
     stride_dob, stride_doh, stride_dot,
+    stride_dkb, stride_dkh, stride_dkt,
+    stride_dvb, stride_dvh, stride_dvt,
     stride_keep_b,
     n_heads, seq_q, seq_k, head_dim,
     scale,
@@ -224,10 +229,12 @@ def _attention_backward_dkdv_kernel(
         dk += _matmul(tl.trans(ds.to(q.dtype)), q, PRECISION, UPCAST)  # dK = dS^T Q
 
     dk = dk * scale  # S = scale * Q K^T, so dK picks up the scale once, at the end
-    offs_kv = offs_n[:, None] * stride_kt + offs_d[None, :]
-    tl.store(DK + b * stride_kb + h * stride_kh + offs_kv, dk.to(DK.dtype.element_ty), mask=kv_mask)
-    offs_kv = offs_n[:, None] * stride_vt + offs_d[None, :]
-    tl.store(DV + b * stride_vb + h * stride_vh + offs_kv, dv.to(DV.dtype.element_ty), mask=kv_mask)
+    # dK and dV have their own strides: K and V are often views into a fused qkv projection
+    # (row stride 3C), while the gradients are fresh dense tensors (row stride C).
+    dk_ptrs = DK + b * stride_dkb + h * stride_dkh + offs_n[:, None] * stride_dkt + offs_d[None, :]
+    tl.store(dk_ptrs, dk.to(DK.dtype.element_ty), mask=kv_mask)
+    dv_ptrs = DV + b * stride_dvb + h * stride_dvh + offs_n[:, None] * stride_dvt + offs_d[None, :]
+    tl.store(dv_ptrs, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
@@ -237,6 +244,7 @@ def _attention_backward_dq_kernel(
     stride_kb, stride_kh, stride_kt,
     stride_vb, stride_vh, stride_vt,
     stride_dob, stride_doh, stride_dot,
+    stride_dqb, stride_dqh, stride_dqt,
     stride_keep_b,
     n_heads, seq_q, seq_k, head_dim,
     scale,
@@ -289,7 +297,8 @@ def _attention_backward_dq_kernel(
         dq += _matmul(ds.to(k.dtype), k, PRECISION, UPCAST)  # dQ = dS K
 
     dq = dq * scale
-    tl.store(DQ + b * stride_qb + h * stride_qh + q_offs, dq.to(DQ.dtype.element_ty), mask=q_mask)
+    dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqt + offs_d[None, :]
+    tl.store(dq_ptrs, dq.to(DQ.dtype.element_ty), mask=q_mask)  # dQ's own strides, not Q's
 
 
 # ----------------------------------------------------------------------------- host side
@@ -420,6 +429,7 @@ def attention_backward_dkdv(
     args = (
         q, k, v, grad_out, lse, delta, keep, grad_k, grad_v,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3],
+        *grad_k.stride()[:3], *grad_v.stride()[:3],
         stride_keep,
         heads, seq_q, seq_k, head_dim,
         scale,
@@ -457,6 +467,7 @@ def attention_backward_dq(
     args = (
         q, k, v, grad_out, lse, delta, keep, grad_q,
         *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *grad_out.stride()[:3],
+        *grad_q.stride()[:3],
         stride_keep,
         heads, seq_q, seq_k, head_dim,
         scale,

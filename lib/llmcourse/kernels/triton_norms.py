@@ -119,6 +119,11 @@ def _as_rows(t: torch.Tensor) -> torch.Tensor:
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
+def _unit_stride(param: torch.Tensor | None) -> torch.Tensor | None:
+    """weight/bias (C,) as the kernels read them: neighbouring features adjacent."""
+    return param if param is None or param.stride(0) == 1 else param.contiguous()
+
+
 def _num_programs(n_rows: int, device: torch.device) -> int:
     """Programs for the backward: a few per streaming multiprocessor, never more than rows."""
     if device.type == "cuda":
@@ -142,6 +147,7 @@ def norm_forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """y (x's shape and dtype) and the per-row mean and rstd (N,) float32."""
     rows = _as_rows(x)
+    weight, bias = _unit_stride(weight), _unit_stride(bias)
     n_rows, width = rows.shape
     y = torch.empty_like(rows)
     mean = torch.empty(n_rows, dtype=torch.float32, device=x.device)
@@ -172,6 +178,7 @@ def norm_backward(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """(dx, dw, db); dw/db are float32 sums over rows (None when there is no weight/bias)."""
     rows, grad_rows = _as_rows(x), _as_rows(grad_y)
+    weight = _unit_stride(weight)
     n_rows, width = rows.shape
     grad_x = torch.empty_like(rows)
     n_programs = _num_programs(n_rows, x.device)
