@@ -4,7 +4,9 @@ Every model in the library calls these functions and nothing else for attention,
 the loss, the LSTM cell and RoPE. Each function checks its input, then runs either
 
 * the Triton kernel (a ``torch.autograd.Function`` with a hand-written backward) on CUDA, or
-* the plain-PyTorch reference in :mod:`llmcourse.kernels.reference` (autograd backward),
+* the plain-PyTorch reference in :mod:`llmcourse.kernels.reference` (autograd backward), or,
+  under ``auto`` where it computes the same thing, PyTorch's fused built-in operator
+  (:mod:`llmcourse.kernels.builtin`: ``F.scaled_dot_product_attention``, ``F.layer_norm``, ...),
 
 as chosen by :func:`llmcourse.kernels.backend.choose_backend` and the environment variable
 ``LLMCOURSE_KERNELS=auto|triton|reference``. Both paths are differentiable and agree within
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from llmcourse.kernels import checks, reference
+from llmcourse.kernels import builtin, checks, reference
 from llmcourse.kernels.backend import (
     BACKEND_ENV_VAR,
     BACKENDS,
@@ -39,6 +41,11 @@ __all__ = [
 ]
 
 
+def _builtin_allowed() -> bool:
+    """PyTorch's fused built-ins stand in for the reference only under ``auto``."""
+    return requested_backend() == "auto"
+
+
 def attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -60,10 +67,18 @@ def attention(
     if choose_backend("attention", q.device, unsupported) == "triton":
         from llmcourse.kernels import triton_attention
 
-        impl = triton_attention.attention
-    else:
-        impl = reference.attention
-    return impl(q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale)
+        return triton_attention.attention(
+            q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale
+        )
+    if _builtin_allowed():
+        out = builtin.attention(
+            q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale
+        )
+        if out is not None:
+            return out
+    return reference.attention(
+        q, k, v, causal=causal, key_padding_mask=key_padding_mask, scale=scale
+    )
 
 
 def layer_norm(
@@ -82,7 +97,8 @@ def layer_norm(
         from llmcourse.kernels import triton_norms
 
         return triton_norms.layer_norm(x, weight, bias, eps)
-    return reference.layer_norm(x, weight, bias, eps)
+    out = builtin.layer_norm(x, weight, bias, eps) if _builtin_allowed() else None
+    return out if out is not None else reference.layer_norm(x, weight, bias, eps)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) -> torch.Tensor:
@@ -96,7 +112,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float = 1e-6) ->
         from llmcourse.kernels import triton_norms
 
         return triton_norms.rms_norm(x, weight, eps)
-    return reference.rms_norm(x, weight, eps)
+    out = builtin.rms_norm(x, weight, eps) if _builtin_allowed() else None
+    return out if out is not None else reference.rms_norm(x, weight, eps)
 
 
 def cross_entropy(
@@ -115,10 +132,14 @@ def cross_entropy(
     if choose_backend("cross_entropy", logits.device, unsupported) == "triton":
         from llmcourse.kernels import triton_cross_entropy
 
-        impl = triton_cross_entropy.cross_entropy
-    else:
-        impl = reference.cross_entropy
-    return impl(logits, targets, ignore_index=ignore_index, reduction=reduction)
+        return triton_cross_entropy.cross_entropy(
+            logits, targets, ignore_index=ignore_index, reduction=reduction
+        )
+    if _builtin_allowed():
+        out = builtin.cross_entropy(logits, targets, ignore_index=ignore_index, reduction=reduction)
+        if out is not None:
+            return out
+    return reference.cross_entropy(logits, targets, ignore_index=ignore_index, reduction=reduction)
 
 
 def lstm_cell(gates: torch.Tensor, c_prev: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
