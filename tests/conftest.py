@@ -19,14 +19,27 @@ def root() -> Path:
     return ROOT
 
 
-@pytest.fixture(scope="session")
-def executed_chapters(root: Path) -> dict:
-    """Every chapter's instructor edition, executed once (or taken from the shared cache)."""
-    from coursegrader import source
-    from coursegrader.execute import execute_all
+class _LazyExecutions(dict):
+    """Executes a chapter (or takes it from the shared cache) the first time it is asked for,
+    so ``pytest -k 03_lstm`` runs one chapter, not all of them."""
 
-    results = execute_all(source.chapter_sources(root), root)
-    return {r.chapter: r for r in results}
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, chapter: str):
+        from coursegrader import source
+        from coursegrader.execute import execute_all
+
+        path = next(p for p in source.chapter_sources(self.root) if p.stem == chapter)
+        self[chapter] = execute_all([path], self.root)[0]
+        return self[chapter]
+
+
+@pytest.fixture(scope="session")
+def executed_chapters(root: Path) -> _LazyExecutions:
+    """Every chapter's instructor edition, executed once (or taken from the shared cache)."""
+    return _LazyExecutions(root)
 
 
 @pytest.fixture(scope="session")
