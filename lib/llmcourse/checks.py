@@ -4,7 +4,7 @@ and, when it recognises a common mistake, names it.
 Example::
 
     check_close(adam_step(...), expected, "theta after 3 Adam steps",
-                hints={0.997_000: "Adam without bias correction"})
+                hints={"Adam without bias correction": value_without_correction})
 """
 
 from __future__ import annotations
