@@ -84,9 +84,10 @@ def tiktoken_gpt2(encoder_json: Path, vocab_bpe: Path, cache: Path):
 
 
 def bench_training(text: str, path: Path, repeat: int) -> dict[str, Any]:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
     from llmcourse.tokenizers import ByteLevelBPE
     from llmcourse.tokenizers.byte_level import token_bytes_to_str
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     def ours():
         return ByteLevelBPE.train(path, 1000)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from llmcourse.data import load_text
 from llmcourse.retrieval import BM25, BinaryIndex, ExactIndex, IVFIndex, knn_recall, simple_tokenize
 

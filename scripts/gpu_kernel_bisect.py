@@ -21,7 +21,7 @@ def attempt(name, fn):
     except Exception as exc:  # noqa: BLE001
         print(f"{name}: FAILED {type(exc).__name__}: {str(exc)[:200]}")
         traceback.print_exc(limit=3)
-        raise SystemExit(1)
+        raise SystemExit(1) from exc
 
 
 def attn(T=64, D=32, causal=True):

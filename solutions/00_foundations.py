@@ -551,7 +551,7 @@ check_close(torch.cat([p1.grad, p2.grad]), torch.tensor([0.6, 0.0, 0.8]), "gradi
 torch.manual_seed(3)
 ps_a = [torch.nn.Parameter(torch.randn(4, 4)) for _ in range(3)]
 ps_b = [torch.nn.Parameter(p.detach().clone()) for p in ps_a]
-for pa, pb in zip(ps_a, ps_b):
+for pa, pb in zip(ps_a, ps_b, strict=True):
     pa.grad = torch.randn_like(pa) * 5
     pb.grad = pa.grad.clone()
 mine_norm = clip_global_norm(ps_a, 2.0)

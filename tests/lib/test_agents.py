@@ -7,6 +7,7 @@ import re
 
 import pytest
 import torch
+
 from llmcourse.agents import (
     UNTRUSTED_NOTICE,
     AgentTask,

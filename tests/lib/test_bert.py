@@ -8,6 +8,7 @@ import os
 
 import pytest
 import torch
+
 from llmcourse.models.bert import (
     BertConfig,
     BertForMaskedLM,

@@ -6,9 +6,10 @@ import math
 
 import numpy as np
 import pytest
+from rank_bm25 import BM25Okapi
+
 from llmcourse.data import load_text
 from llmcourse.retrieval import BM25, SearchResult, simple_tokenize, top_k_indices
-from rank_bm25 import BM25Okapi
 
 
 def zipf_corpus(n_docs: int = 300, vocab: int = 400, seed: int = 0) -> list[list[str]]:

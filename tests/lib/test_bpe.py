@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from llmcourse.data import fetch, load_text
 from llmcourse.tokenizers import ByteLevelBPE, PreTokenizer, bytes_to_unicode
 from llmcourse.tokenizers.byte_level import token_bytes_to_str, token_str_to_bytes

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from llmcourse.retrieval import (
     Chunk,
     chunk_corpus,

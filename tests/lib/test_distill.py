@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+
 from llmcourse.finetune import distillation_loss, soft_target_loss
 
 

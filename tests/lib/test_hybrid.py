@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+
 from llmcourse.retrieval import (
     BM25,
     DenseRetriever,

@@ -9,6 +9,9 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
 from llmcourse.finetune import (
     LoRALinear,
     apply_lora,
@@ -23,8 +26,6 @@ from llmcourse.finetune import (
 )
 from llmcourse.finetune.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from llmcourse.models.gpt import GPT, GPTConfig
-from safetensors.torch import load_file
-from torch import nn
 
 
 class Attn(nn.Module):

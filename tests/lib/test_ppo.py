@@ -7,6 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
+
 from llmcourse.alignment import (
     PolicyWithValue,
     PPOConfig,
@@ -25,7 +27,6 @@ from llmcourse.alignment import (
 from llmcourse.alignment.ppo import AdaptiveKLController
 from llmcourse.models.gpt import GPT, GPTConfig
 from llmcourse.tokenizers import CharTokenizer
-from torch import nn
 
 TOK = CharTokenizer(list("abxy<|end>\n"))  # small alphabet: the toy policy learns fast
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from llmcourse.finetune import (
     NF4_CODE,
     Linear4bit,
@@ -28,7 +30,6 @@ from llmcourse.finetune.quantization import (
     quantize_blockwise_int8,
 )
 from llmcourse.models.gpt import GPT, GPTConfig
-from torch import nn
 
 
 def test_nf4_codebook_is_the_published_one_and_follows_from_normal_quantiles():

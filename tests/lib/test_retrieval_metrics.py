@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from llmcourse.retrieval import (
     average_precision,
     dcg_at_k,

@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+
 from llmcourse.alignment import (
     RewardModel,
     bradley_terry_loss,

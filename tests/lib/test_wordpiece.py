@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from llmcourse.models.bert import minilm_path
 from llmcourse.tokenizers import WordPiece, basic_tokenize
 
