@@ -237,6 +237,10 @@ def _mount_script(paths: list[Path], limits: Limits, uid: int | None, gid: int |
         '  if [ -L "/$l" ]; then ln -s "$(readlink "/$l")" "$R/$l";',
         '  elif [ -d "/$l" ]; then mkdir -p "$R/$l"; mount --rbind "/$l" "$R/$l"; ro "$R/$l"; fi',
         "done",
+        # the private /tmp first, so exposed paths that live under the host's /tmp (a clone in
+        # /tmp, its virtualenv) are bind-mounted on top of it rather than hidden by it
+        f'mount -t tmpfs -o mode=1777,size={int(limits.disk_mb)}m,nosuid,nodev coursegrader-tmp "$R/tmp"',
+        'mkdir -p "$R/tmp/work"',
     ]
     for path in paths:
         target = f'"$R"{q(str(path))}'
@@ -249,8 +253,6 @@ def _mount_script(paths: list[Path], limits: Limits, uid: int | None, gid: int |
         'for f in null zero full random urandom; do touch "$R/dev/$f"; mount --bind "/dev/$f" "$R/dev/$f"; done',
         'ln -s /proc/self/fd "$R/dev/fd"',
         'mkdir -p "$R/dev/shm"; mount -t tmpfs -o mode=1777,size=64m,nosuid,nodev coursegrader-shm "$R/dev/shm"',
-        f'mount -t tmpfs -o mode=1777,size={int(limits.disk_mb)}m,nosuid,nodev coursegrader-tmp "$R/tmp"',
-        'mkdir -p "$R/tmp/work"',
         'mount -t proc proc "$R/proc"',
         'chmod 755 "$R"',
     ]
