@@ -217,14 +217,18 @@ class Baseline(Runner):
         return x, y
 
     @torch.no_grad()
-    def estimate_val_loss(self) -> float:
+    def estimate_loss(self) -> dict[str, float]:
+        """nanoGPT's estimate_loss: mean over eval_batches random batches of each split."""
         self.model.eval()
-        losses = []
-        for _ in range(self.cfg.train.eval_batches):
-            x, y = self.get_batch(self.val)
-            losses.append(self.model(x, targets=y).loss.item())
+        out = {}
+        for split, data in (("train", self.train), ("val", self.val)):
+            losses = []
+            for _ in range(self.cfg.train.eval_batches):
+                x, y = self.get_batch(data)
+                losses.append(self.model(x, targets=y).loss.item())
+            out[split] = float(np.mean(losses))
         self.model.train()
-        return float(np.mean(losses))
+        return out
 
     def _advance(self, target: int) -> None:
         o, t = self.cfg.optim, self.cfg.train
@@ -251,7 +255,7 @@ class Baseline(Runner):
             self.it += 1
             if self.it % t.eval_interval == 0 or self.it == self.iters:
                 e0 = time.perf_counter()
-                self.logged_val = self.estimate_val_loss()
+                self.logged_val = self.estimate_loss()["val"]
                 self.eval_time += time.perf_counter() - e0
 
     def result(self, val_batches: int) -> Result:

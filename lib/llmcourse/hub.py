@@ -197,10 +197,9 @@ def load_pretrained(
     the repository (verified by sha256) into the cache. The model is in eval mode on ``device``.
     """
     folder = repo_checkpoints_dir()
-    if folder is not None and name in _read_manifest(folder / MANIFEST):
-        directory = _check_local(
-            folder, _entry(_read_manifest(folder / MANIFEST), name, str(folder)), name
-        )
+    if folder is not None:  # a clone: its manifest is authoritative (git pull for newer ones)
+        manifest = _read_manifest(folder / MANIFEST)
+        directory = _check_local(folder, _entry(manifest, name, str(folder / MANIFEST)), name)
     else:
         directory = _download_entry(name, timeout)
     return load_from_directory(directory, device)

@@ -124,3 +124,23 @@ def test_download_of_a_corrupt_file_is_rejected(repo, monkeypatch):
         httpd.shutdown()
         httpd.server_close()
     assert not (root / "cache" / "checkpoints" / "tiny" / "model.safetensors").exists()
+
+
+def test_course_base_model_is_published_and_loads(monkeypatch):
+    """The committed base model matches its manifest entry, its config and its recorded loss."""
+    from llmcourse.data import get_batch, load_text
+    from llmcourse.generation import generate
+
+    entry = json.loads((ROOT / "checkpoints" / "manifest.json").read_text())["gpt-shakespeare-char"]
+    assert entry["command"].startswith("llmcourse train --config configs/gpt_shakespeare_char.toml")
+    assert sum(f["bytes"] for f in entry["files"].values()) < 8 * 2**20, "the published files should be a few MB"
+    model, tok = hub.load_pretrained("gpt-shakespeare-char")
+    assert tok == CharTokenizer.ascii() and model.config.block_size >= 256
+    text = load_text("tinyshakespeare")
+    val = torch.tensor(tok.encode(text[int(0.9 * len(text)) :]))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        losses = [model(*get_batch(val, 128, 8, g)).loss.item() for _ in range(5)]
+    assert sum(losses) / 5 < entry["final_val_loss"] + 0.15 < 2.0
+    out = generate(model, torch.tensor([tok.encode("ROMEO:\n")]), 40, temperature=0.0)
+    assert tok.decode(out[0].tolist()).startswith("ROMEO:\n")

@@ -25,7 +25,9 @@ from llmcourse.datasets.fact_cards import (
     fact_cards,
     fact_questions,
     make_creatures,
+    reader_example,
     reader_prompt,
+    reader_worlds,
 )
 
 __all__ = [
@@ -43,4 +45,6 @@ __all__ = [
     "fact_questions",
     "make_creatures",
     "reader_prompt",
+    "reader_example",
+    "reader_worlds",
 ]

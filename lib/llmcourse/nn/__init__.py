@@ -25,6 +25,7 @@ from llmcourse.nn.layers import (
     gelu,
     silu,
 )
+from llmcourse.nn.moe import MoEFeedForward, Routing, load_balancing_loss, top_k_gating
 from llmcourse.nn.positions import (
     LearnedPositions,
     RotaryEmbedding,
@@ -53,4 +54,8 @@ __all__ = [
     "MultiHeadAttention",
     "KVCache",
     "LayerKVCache",
+    "MoEFeedForward",
+    "Routing",
+    "top_k_gating",
+    "load_balancing_loss",
 ]

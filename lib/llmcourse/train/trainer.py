@@ -75,6 +75,7 @@ class TrainerConfig:
     checkpoint_interval: int = 0  # save every N steps (and always at the end); 0 = end only
     compile: bool = False  # torch.compile the model for training
     progress: bool = True  # tqdm progress bar (rank 0 only)
+    log: bool = True  # print one line per evaluation (rank 0 only)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", ...
 
     def __post_init__(self) -> None:
@@ -317,11 +318,9 @@ class Trainer:
                 if done or (cfg.eval_interval and self.step % cfg.eval_interval == 0):
                     results = self.evaluate()
                     self._record_eval(results)
-                    if cfg.progress and self.dist.is_main:
-                        bar.write(
-                            f"step {self.step}: "
-                            + ", ".join(f"{k} loss {v:.4f}" for k, v in results.items())
-                        )
+                    if cfg.log and self.dist.is_main:
+                        losses = ", ".join(f"{k} loss {v:.4f}" for k, v in results.items())
+                        tqdm.write(f"step {self.step}: {losses}")
                 if cfg.checkpoint_dir and (
                     done or (cfg.checkpoint_interval and self.step % cfg.checkpoint_interval == 0)
                 ):
