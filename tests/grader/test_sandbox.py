@@ -314,9 +314,9 @@ def test_messages_from_other_processes_are_rejected(sandbox: Sandbox) -> None:
                 [
                     "code",
                     "<solution forge>",
-                    "import os\nif os.fork() == 0:\n    for fd in range(3, 20):\n        try:\n"
+                    "import os\npid = os.fork()\nif pid == 0:\n    for fd in range(3, 20):\n        try:\n"
                     '            os.write(fd, b\'\\x01{"6f70": "706f6e67"}\')\n        except OSError:\n'
-                    "            pass\n    os._exit(0)\nimport time\ntime.sleep(1)",
+                    "            pass\n    os._exit(0)\nos.waitpid(pid, 0)  # the forgery is sent before the reply",
                 ]
             ],
         }
