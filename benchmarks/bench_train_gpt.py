@@ -9,7 +9,7 @@ one process, from the same initial weights and the same data:
 * ``trainer`` variants: :class:`llmcourse.train.Trainer` with the library's AdamW, in eager
   mode, with ``torch.compile`` and/or bfloat16 autocast (``--variants``).
 
-The runs are interleaved in chunks of ``eval_interval`` iterations, so that a machine whose
+The runs are interleaved in chunks of 25 iterations, so that a machine whose
 load varies (a shared CI runner, a laptop) slows them alike. For each run it prints ms/iteration and tokens/s (evaluation time excluded, first iterations
 excluded as warm-up), the peak resident memory during the run, the final validation loss on
 the same 200 validation batches, and the share of the machine's measured fp32 matmul FLOP/s
@@ -309,7 +309,8 @@ class TrainerRun(Runner):
         trainer.train_step, trainer.evaluate = timed_step, timed_eval
 
     def _advance(self, target: int) -> None:
-        self.run.trainer.fit(max_steps=target)
+        trainer = self.run.trainer
+        trainer.fit(max_steps=target, finish=target == trainer.config.max_steps)
 
     def result(self, val_batches: int) -> Result:
         d, h = self.cfg.data, self.run.trainer.history
@@ -352,7 +353,7 @@ def main() -> None:
         "--val-batches", type=int, default=200, help="batches for the final validation loss"
     )
     parser.add_argument(
-        "--chunk", type=int, help="interleave runs every N iterations (default: eval_interval)"
+        "--chunk", type=int, default=25, help="interleave the runs every N iterations"
     )
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
@@ -383,16 +384,19 @@ def main() -> None:
     del run0
     for variant in [v.strip() for v in args.variants.split(",") if v.strip()]:
         runners.append(TrainerRun(cfg, variant, iters))
-    # Interleave the runs in chunks of eval_interval iterations, so that a machine whose load
-    # changes over time (shared CI runners, laptops) slows them all alike.
-    chunk = args.chunk or cfg.train.eval_interval or iters
+    # Interleave the runs in short chunks, so that a machine whose load changes over time
+    # (shared CI runners, laptops) slows them all alike.
+    chunk = args.chunk
     for target in range(chunk, iters + chunk, chunk):
         for r in runners:
             r.advance(min(target, iters))
+        done = min(target, iters)
+        if done % 250 and done < iters:
+            continue
         print(
-            f"  {min(target, iters)}/{iters} iterations: "
+            f"  {done}/{iters} iterations: "
             + ", ".join(
-                f"{r.name} {1000 * statistics.median(r.step_times[-chunk:]):.1f} ms/iter"
+                f"{r.name} {1000 * statistics.median(r.step_times[-250:]):.1f} ms/iter"
                 for r in runners
             ),
             flush=True,

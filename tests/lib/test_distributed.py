@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -12,7 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-ROOT = Path(__file__).resolve().parents[2]
+from llmcourse.models.gpt import GPT, GPTConfig
+from llmcourse.train import read_checkpoint_meta
 
 WORKER = textwrap.dedent(
     """
@@ -52,9 +54,11 @@ WORKER = textwrap.dedent(
 )
 
 
-def _env() -> dict[str, str]:
+def _env(cache: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("LLMCOURSE_DATA_MIRROR", "/work/shared/data")
+    if cache is not None:
+        env["LLMCOURSE_CACHE"] = str(cache)
     env["OMP_NUM_THREADS"] = "1"
     env.pop("WORLD_SIZE", None)
     env.pop("RANK", None)
@@ -71,7 +75,8 @@ def _torchrun(*args: str, cwd: Path, timeout: int = 240) -> subprocess.Completed
         "2",
         *args,
     ]
-    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
+    env = _env(cwd / "cache")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"torchrun failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
@@ -90,8 +95,6 @@ def test_two_processes_match_one_process_on_the_combined_batch(tmp_path):
     assert single.returncode == 0, single.stderr[-3000:]
     _torchrun(str(script), str(tmp_path / "ddp"), cwd=tmp_path)
 
-    import json
-
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("single", "ddp"))
     assert (one["world"], two["world"]) == (1, 2)
     assert two["loss"] == pytest.approx(one["loss"], rel=1e-5)
@@ -104,8 +107,6 @@ def test_two_processes_match_one_process_on_the_combined_batch(tmp_path):
     assert moved < 1e-6, f"DDP weights differ from single-process weights by {moved:.3g}"
     # ...and training really changed the weights (so equality is not trivial).
     torch.manual_seed(0)
-    from llmcourse.models.gpt import GPT, GPTConfig
-
     init = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=2, n_head=2, n_embd=32)).state_dict()
     assert max((a[k] - init[k]).abs().max().item() for k in a) > 1e-2
 
@@ -146,10 +147,7 @@ def test_torchrun_cli_trains_and_resumes(tmp_path):
         str(out),
         "--no-progress",
     ]
-    os.environ.setdefault("LLMCOURSE_CACHE", str(tmp_path / "cache"))
     _torchrun(*common, "--max-iters", "3", cwd=tmp_path)
-    from llmcourse.train import read_checkpoint_meta
-
     meta = read_checkpoint_meta(out)
     assert meta["step"] == 3 and len(meta["ranks"]) == 2
     assert meta["config"]["world_size"] == 2

@@ -133,7 +133,9 @@ def test_course_base_model_is_published_and_loads(monkeypatch):
 
     entry = json.loads((ROOT / "checkpoints" / "manifest.json").read_text())["gpt-shakespeare-char"]
     assert entry["command"].startswith("llmcourse train --config configs/gpt_shakespeare_char.toml")
-    assert sum(f["bytes"] for f in entry["files"].values()) < 8 * 2**20, "the published files should be a few MB"
+    assert sum(f["bytes"] for f in entry["files"].values()) < 8 * 2**20, (
+        "the published files should be a few MB"
+    )
     model, tok = hub.load_pretrained("gpt-shakespeare-char")
     assert tok == CharTokenizer.ascii() and model.config.block_size >= 256
     text = load_text("tinyshakespeare")

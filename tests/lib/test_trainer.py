@@ -265,3 +265,18 @@ def test_loss_fn_must_return_a_scalar():
     )
     with pytest.raises(TypeError, match=r"scalar tensor \(shape \(\)\), got \(3, 2\)"):
         trainer.train_step()
+
+
+def test_fit_in_chunks_equals_one_call():
+    whole, chunked = _trainer(), _trainer()
+    torch.manual_seed(11)  # the same dropout masks for both runs
+    whole.fit()
+    torch.manual_seed(11)
+    for target in (4, 8):
+        chunked.fit(target, finish=False)
+    assert chunked.history.eval_steps == [3, 6]  # no extra evaluations at the chunk ends
+    chunked.fit()
+    assert chunked.history.loss == whole.history.loss
+    assert chunked.history.eval_loss == whole.history.eval_loss
+    for a, b in zip(whole.model.parameters(), chunked.model.parameters(), strict=True):
+        assert torch.equal(a, b)

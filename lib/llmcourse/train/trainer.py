@@ -297,8 +297,14 @@ class Trainer:
             self.on_evaluate(self.step, results)
 
     # ------------------------------------------------------------------ the loop
-    def fit(self, max_steps: int | None = None) -> TrainHistory:
-        """Train until ``max_steps`` (default ``config.max_steps``) steps are done."""
+    def fit(self, max_steps: int | None = None, *, finish: bool = True) -> TrainHistory:
+        """Train until ``max_steps`` (default ``config.max_steps``) steps are done.
+
+        Evaluates every ``eval_interval`` steps and checkpoints every ``checkpoint_interval``
+        steps; with ``finish`` (default) also evaluates and checkpoints when the loop ends.
+        ``finish=False`` trains in chunks (``fit(100, finish=False)``, ``fit(200, ...)``)
+        exactly as one long call would.
+        """
         cfg = self.config
         target = max_steps if max_steps is not None else cfg.max_steps
         bar = tqdm(
@@ -314,7 +320,7 @@ class Trainer:
                 loss = self.train_step()
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.history.lr[-1]:.2e}", refresh=False)
-                done = self.step == target
+                done = finish and self.step == target
                 if done or (cfg.eval_interval and self.step % cfg.eval_interval == 0):
                     results = self.evaluate()
                     self._record_eval(results)
