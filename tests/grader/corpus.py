@@ -108,7 +108,7 @@ FORGE = """def mean(xs):
     pid = os.fork()
     if pid == 0:  # the child writes a fake "passed" result on every descriptor it inherited
         fake = b'\\x01{"6f70": "726573756c74", "737461747573": "6f6b"}'
-        for fd in range(3, 64):
+        for fd in [int(n) for n in os.listdir("/proc/self/fd")]:
             try:
                 os.write(fd, fake)
             except OSError:
