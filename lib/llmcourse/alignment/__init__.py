@@ -5,7 +5,8 @@
 - :mod:`~llmcourse.alignment.ppo`: value head, per-token KL penalty, GAE, clipped PPO
   losses, :class:`PPOTrainer`
 - :mod:`~llmcourse.alignment.best_of_n`: best-of-n and rejection sampling
-- :mod:`~llmcourse.alignment.dpo`: DPO, IPO, SimPO and KTO losses, preference batches
+- :mod:`~llmcourse.alignment.dpo`: DPO, IPO, SimPO, KTO and ORPO losses,
+  preference batches
 - :mod:`~llmcourse.alignment.sampling`: sampling responses to text prompts
 - :mod:`~llmcourse.alignment.common`: log-probs of responses, masked statistics
 """
@@ -21,12 +22,14 @@ from llmcourse.alignment.common import (
 )
 from llmcourse.alignment.dpo import (
     KTOLossOutput,
+    ORPOLossOutput,
     PreferenceBatch,
     PreferenceLossOutput,
     build_preference_batch,
     dpo_loss,
     ipo_loss,
     kto_loss,
+    orpo_loss,
     preference_logps,
     preference_loss,
     simpo_loss,
@@ -65,12 +68,14 @@ __all__ = [
     "sequence_logprobs",
     "token_logprobs",
     "KTOLossOutput",
+    "ORPOLossOutput",
     "PreferenceBatch",
     "PreferenceLossOutput",
     "build_preference_batch",
     "dpo_loss",
     "ipo_loss",
     "kto_loss",
+    "orpo_loss",
     "preference_logps",
     "preference_loss",
     "simpo_loss",

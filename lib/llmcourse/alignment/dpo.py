@@ -1,4 +1,4 @@
-"""Direct preference optimisation and its variants: DPO, IPO, SimPO, KTO.
+"""Direct preference optimisation and its variants: DPO, IPO, SimPO, KTO, ORPO.
 
 All take *sequence* log-probabilities of responses (summed over response tokens, prompt and
 padding excluded; see :func:`llmcourse.alignment.common.sequence_logprobs`).
@@ -18,8 +18,10 @@ padding excluded; see :func:`llmcourse.alignment.common.sequence_logprobs`).
   ``z0`` (an estimate of KL(pi || pi_ref)): desirable responses should have implicit reward
   above it, undesirable ones below, through a sigmoid "value function" from prospect theory.
 
-ORPO (Hong et al. 2024), another reference-free variant, adds an odds-ratio term to the SFT
-loss; it is not implemented here.
+- **ORPO** (Hong et al. 2024): no reference model and no separate SFT stage. The SFT loss on
+  the chosen response plus ``lam`` times ``-log sigmoid(log odds(y_w) - log odds(y_l))``, where
+  ``odds(y) = P(y) / (1 - P(y))`` and ``P(y) = exp(log pi(y|x) / |y|)`` is the
+  *length-normalised* (per-token geometric mean) likelihood.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ __all__ = [
     "simpo_loss",
     "KTOLossOutput",
     "kto_loss",
+    "ORPOLossOutput",
+    "orpo_loss",
     "PreferenceBatch",
     "build_preference_batch",
     "preference_logps",
@@ -216,6 +220,72 @@ def kto_loss(
     return KTOLossOutput(loss, (beta * ratio).detach(), beta * z0, desirable)
 
 
+@dataclass
+class ORPOLossOutput(PreferenceLossOutput):
+    """ORPO loss and its two parts.
+
+    ``loss``: scalar, ``nll + lam * odds_ratio_loss``; ``nll``: mean per-token NLL of the chosen
+    responses (the SFT term); ``odds_ratio_loss``: mean of ``-log sigmoid(log odds ratio)``;
+    ``log_odds_ratio``: (B,) detached. ``chosen_rewards`` / ``rejected_rewards``: (B,) mean
+    per-token log-probs (detached), so ``accuracy`` counts pairs whose chosen response is the
+    more likely per token.
+    """
+
+    nll: Tensor
+    odds_ratio_loss: Tensor
+    log_odds_ratio: Tensor
+
+
+def _log_odds(mean_logps: Tensor) -> Tensor:
+    """``log(P / (1 - P))`` for ``P = exp(mean_logps)`` (< 1), computed stably: (B,) -> (B,)."""
+    if torch.any(mean_logps >= 0):
+        raise ValueError(
+            "orpo_loss: a mean log-probability is >= 0 (probability 1); the odds P / (1 - P) "
+            "are infinite. Pass log-probs of response tokens summed by sequence_logprobs"
+        )
+    return mean_logps - torch.log(-torch.expm1(mean_logps))
+
+
+def orpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+    lam: float = 0.1,
+) -> ORPOLossOutput:
+    """ORPO: ``NLL(y_w) + lam * -log sigmoid(log odds(y_w) - log odds(y_l))``, mean over pairs.
+
+    ``*_logps``: (B,) summed response log-probs; ``*_lengths``: (B,) response token counts.
+    With the per-token mean ``m = logp / |y|`` the length-normalised likelihood is
+    ``P = exp(m)`` and ``log odds = m - log(1 - exp(m))``. The SFT term is the per-token NLL
+    ``-m_w`` of the chosen response. No reference model. ``lam`` is the paper's lambda
+    (0.1 in most of its experiments).
+    """
+    _check_same_shape(
+        policy_chosen=policy_chosen_logps,
+        policy_rejected=policy_rejected_logps,
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+    )
+    if torch.any(chosen_lengths <= 0) or torch.any(rejected_lengths <= 0):
+        raise ValueError("orpo_loss: response lengths must be > 0")
+    if lam < 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    chosen_mean = policy_chosen_logps / chosen_lengths  # (B,) mean log-prob per token
+    rejected_mean = policy_rejected_logps / rejected_lengths
+    log_odds_ratio = _log_odds(chosen_mean) - _log_odds(rejected_mean)  # (B,)
+    nll = -chosen_mean.mean()
+    odds_ratio_loss = -F.logsigmoid(log_odds_ratio).mean()
+    return ORPOLossOutput(
+        nll + lam * odds_ratio_loss,
+        chosen_mean.detach(),
+        rejected_mean.detach(),
+        nll.detach(),
+        odds_ratio_loss.detach(),
+        log_odds_ratio.detach(),
+    )
+
+
 # --------------------------------------------------------------------------- batching
 
 
@@ -296,16 +366,19 @@ def preference_loss(
     beta: float | None = None,
     gamma: float = 1.0,
 ) -> PreferenceLossOutput:
-    """One DPO / IPO / SimPO loss on a batch, computing the log-probs it needs.
+    """One DPO / IPO / SimPO / ORPO loss on a batch, computing the log-probs it needs.
 
     ``reference`` (frozen, evaluated without gradients) is required for "dpo" and "ipo" and
-    ignored by "simpo". ``beta`` defaults to 0.1 for DPO/IPO and 2.0 for SimPO.
+    ignored by "simpo" and "orpo". ``beta`` defaults to 0.1 for DPO/IPO, 2.0 for SimPO and
+    0.1 for ORPO (where it is the weight lambda of the odds-ratio term).
     """
-    if loss_type not in ("dpo", "ipo", "simpo"):
-        raise ValueError(f"loss_type must be 'dpo', 'ipo' or 'simpo', got {loss_type!r}")
+    if loss_type not in ("dpo", "ipo", "simpo", "orpo"):
+        raise ValueError(f"loss_type must be 'dpo', 'ipo', 'simpo' or 'orpo', got {loss_type!r}")
     chosen, rejected = preference_logps(policy, batch)
-    if loss_type == "simpo":
+    if loss_type in ("simpo", "orpo"):
         lengths = [b.loss_mask.sum(dim=1).to(chosen.dtype) for b in (batch.chosen, batch.rejected)]
+        if loss_type == "orpo":
+            return orpo_loss(chosen, rejected, *lengths, lam=0.1 if beta is None else beta)
         return simpo_loss(
             chosen, rejected, *lengths, beta=2.0 if beta is None else beta, gamma=gamma
         )
