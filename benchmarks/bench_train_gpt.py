@@ -355,12 +355,15 @@ def main() -> None:
     parser.add_argument(
         "--chunk", type=int, default=25, help="interleave the runs every N iterations"
     )
+    parser.add_argument("--seed", type=int, help="override the config's seed (for a seed sweep)")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
     cfg = load_run_config(args.config)
+    if args.seed is not None:
+        cfg = dataclasses.replace(cfg, seed=args.seed)
     iters = args.iters or cfg.train.max_steps
     d = cfg.data
     tokens_per_iter = d.batch_size * d.block_size * cfg.train.grad_accum_steps
