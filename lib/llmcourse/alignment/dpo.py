@@ -138,6 +138,25 @@ def ipo_loss(
     )
 
 
+def _per_token_means(
+    name: str,
+    chosen_logps: Tensor,
+    rejected_logps: Tensor,
+    chosen_lengths: Tensor,
+    rejected_lengths: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """(B,) mean log-prob per token of the chosen and rejected responses, after input checks."""
+    _check_same_shape(
+        policy_chosen=chosen_logps,
+        policy_rejected=rejected_logps,
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+    )
+    if torch.any(chosen_lengths <= 0) or torch.any(rejected_lengths <= 0):
+        raise ValueError(f"{name}: response lengths must be > 0")
+    return chosen_logps / chosen_lengths, rejected_logps / rejected_lengths
+
+
 def simpo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
@@ -152,16 +171,10 @@ def simpo_loss(
     No reference model. The defaults follow the scale the SimPO paper uses (beta around 2,
     gamma / beta around 0.5); tune both.
     """
-    _check_same_shape(
-        policy_chosen=policy_chosen_logps,
-        policy_rejected=policy_rejected_logps,
-        chosen_lengths=chosen_lengths,
-        rejected_lengths=rejected_lengths,
+    chosen_mean, rejected_mean = _per_token_means(
+        "simpo_loss", policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths
     )
-    if torch.any(chosen_lengths <= 0) or torch.any(rejected_lengths <= 0):
-        raise ValueError("simpo_loss: response lengths must be > 0")
-    chosen = beta * policy_chosen_logps / chosen_lengths
-    rejected = beta * policy_rejected_logps / rejected_lengths
+    chosen, rejected = beta * chosen_mean, beta * rejected_mean
     loss = -F.logsigmoid(chosen - rejected - gamma).mean()
     return PreferenceLossOutput(loss, chosen.detach(), rejected.detach())
 
@@ -261,18 +274,11 @@ def orpo_loss(
     ``-m_w`` of the chosen response. No reference model. ``lam`` is the paper's lambda
     (0.1 in most of its experiments).
     """
-    _check_same_shape(
-        policy_chosen=policy_chosen_logps,
-        policy_rejected=policy_rejected_logps,
-        chosen_lengths=chosen_lengths,
-        rejected_lengths=rejected_lengths,
-    )
-    if torch.any(chosen_lengths <= 0) or torch.any(rejected_lengths <= 0):
-        raise ValueError("orpo_loss: response lengths must be > 0")
     if lam < 0:
         raise ValueError(f"lam must be >= 0, got {lam}")
-    chosen_mean = policy_chosen_logps / chosen_lengths  # (B,) mean log-prob per token
-    rejected_mean = policy_rejected_logps / rejected_lengths
+    chosen_mean, rejected_mean = _per_token_means(
+        "orpo_loss", policy_chosen_logps, policy_rejected_logps, chosen_lengths, rejected_lengths
+    )
     log_odds_ratio = _log_odds(chosen_mean) - _log_odds(rejected_mean)  # (B,)
     nll = -chosen_mean.mean()
     odds_ratio_loss = -F.logsigmoid(log_odds_ratio).mean()
