@@ -58,10 +58,8 @@ if "google.colab" in sys.modules:
 # %%
 import copy
 import math
-import os
 import random
 import re
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -432,7 +430,7 @@ from llmcourse.finetune import (
 )
 from llmcourse.data import load_text
 from llmcourse.generation import generate
-from llmcourse.hub import load_pretrained
+from llmcourse.hub import load_hf_gpt2, load_pretrained
 from llmcourse.optim import AdamW, clip_grad_norm, lr_at
 
 base_model, tokenizer = load_pretrained("gpt-shakespeare-char")
@@ -974,7 +972,6 @@ for temperature in (1.0, 2.0, 4.0, 8.0):
     grad_without = grad_with / temperature**2
     print(f"{temperature:4.0f} {grad_with.norm().item():20.4f} {grad_without.norm().item():10.4f}")
 
-
 # %% [markdown]
 # ## 8. The same recipe on real GPT-2 weights
 #
@@ -985,31 +982,7 @@ for temperature in (1.0, 2.0, 4.0, 8.0):
 # on.
 
 # %% tags=["demo"]
-def load_hf_gpt2(timeout: float = 3.0):
-    """GPT-2 from the local Hugging Face cache or the Hub; (model, None) or (None, reason)."""
-    try:
-        from transformers import GPT2LMHeadModel
-    except ImportError:
-        return None, "transformers is not installed"
-    try:
-        return GPT2LMHeadModel.from_pretrained("gpt2", local_files_only=True), None
-    except (OSError, ValueError):
-        pass
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get(
-        "TRANSFORMERS_OFFLINE", "0"
-    ) not in ("", "0"):
-        return None, "HF_HUB_OFFLINE is set and GPT-2 is not in the local cache"
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-    except OSError as err:
-        return None, f"huggingface.co is not reachable ({err})"
-    try:
-        return GPT2LMHeadModel.from_pretrained("gpt2"), None
-    except (OSError, ValueError) as err:
-        return None, f"download failed ({err})"
-
-
-hf_gpt2, reason = load_hf_gpt2()
+hf_gpt2, reason = load_hf_gpt2()  # never raises: (None, why) offline
 if hf_gpt2 is None:
     print(f"Skipping the GPT-2 demo: {reason}.")
 else:

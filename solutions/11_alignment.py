@@ -224,7 +224,7 @@ check_close(
 
 # %%
 from llmcourse.data import load_text
-from llmcourse.hub import load_pretrained
+from llmcourse.hub import load_hf_gpt2, load_pretrained
 
 base, tokenizer = load_pretrained("gpt-shakespeare-char")  # eval mode, on the CPU
 base.requires_grad_(False)
@@ -1066,6 +1066,57 @@ for name, value in variant_losses.items():
 # margin of $2 \cdot (-0.5 + 0.6) = 0.2$ is below its $\gamma = 1$; ORPO's is mostly the SFT
 # term, the per-token NLL $0.5$ of the chosen response.
 #
+# ## 7. The same loss on real GPT-2 weights
+#
+# Nothing in `preference_loss` depends on the model's size or tokenizer. The next cell loads
+# the 124-million-parameter GPT-2 {cite}`radford2019gpt2` into the course's `GPT` class, takes
+# a frozen copy as the reference, tokenizes two preference pairs with the course's GPT-2
+# byte-level BPE, and takes a few DPO steps. At step 0 policy and reference are the same model,
+# so every log-ratio is 0 and the loss is exactly $\log 2 \approx 0.693$; after that the
+# implicit reward margin $\beta(\log\text{ratio}_w - \log\text{ratio}_l)$ grows. It needs the
+# weights (about 500 MB), so it runs only when they are cached or the Hugging Face Hub can be
+# reached; otherwise it prints why and moves on.
+
+
+# %% tags=["demo"]
+def dpo_steps_on_gpt2(hf_model, steps: int = 4, beta: float = 0.1, lr: float = 1e-5) -> list[float]:
+    """A few DPO steps on a Hugging Face GPT2LMHeadModel (converted to the course GPT)."""
+    from llmcourse.data import fetch
+    from llmcourse.models.gpt import GPT
+    from llmcourse.tokenizers import ByteLevelBPE
+
+    bpe = ByteLevelBPE.from_gpt2_files(fetch("gpt2_encoder"), fetch("gpt2_vocab"))
+    policy = GPT.from_hf_gpt2(hf_model).train()
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    pairs = [  # (prompt, chosen, rejected)
+        ("Review: the film was", " warm, funny and moving.", " a dull mess that dragged on."),
+        (
+            "Review: the service was",
+            " quick, friendly and kind.",
+            " slow, and the staff were rude.",
+        ),
+    ]
+    batch = la.build_preference_batch(pairs, bpe, template=False)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr)
+    losses = []
+    for step in range(steps):
+        out = la.preference_loss(policy, batch, reference, loss_type="dpo", beta=beta)
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+        margin = (out.chosen_rewards - out.rejected_rewards).mean().item()
+        print(f"step {step}: DPO loss {out.loss.item():.4f}, implicit reward margin {margin:+.4f}")
+        losses.append(out.loss.item())
+    return losses
+
+
+hf_gpt2, reason = load_hf_gpt2()  # never raises: (None, why) when offline
+if hf_gpt2 is None:
+    print(f"Skipping the GPT-2 demo: {reason}.")
+else:
+    dpo_steps_on_gpt2(hf_gpt2)
+
+# %% [markdown]
 # ```{admonition} Common misconceptions
 # :class: warning
 #

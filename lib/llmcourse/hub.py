@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from llmcourse.utils import resolve_device
 
 __all__ = [
     "load_pretrained",
+    "load_hf_gpt2",
     "load_from_directory",
     "build_model",
     "list_pretrained",
@@ -203,3 +205,39 @@ def load_pretrained(
     else:
         directory = _download_entry(name, timeout)
     return load_from_directory(directory, device)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "0").strip().lower() not in ("", "0", "false", "no")
+
+
+def load_hf_gpt2(
+    name: str = "gpt2", *, timeout: float = 3.0
+) -> tuple[nn.Module | None, str | None]:
+    """Real GPT-2 weights from Hugging Face, for the chapters' optional "same on GPT-2" cells.
+
+    Returns ``(GPT2LMHeadModel, None)`` from the local Hugging Face cache, else from the Hub
+    (``name`` is a Hub id such as ``"gpt2"``, about 500 MB); or ``(None, reason)`` when
+    ``transformers`` is missing, ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE`` is set, the Hub
+    cannot be reached within ``timeout`` seconds, or the download fails. It never raises for
+    these, so a notebook cell can print the reason and move on offline. Convert with
+    :meth:`llmcourse.models.gpt.GPT.from_hf_gpt2`.
+    """
+    try:
+        from transformers import GPT2LMHeadModel
+    except ImportError:
+        return None, "transformers is not installed (pip install transformers)"
+    try:
+        return GPT2LMHeadModel.from_pretrained(name, local_files_only=True), None
+    except (OSError, ValueError):
+        pass
+    if _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE"):
+        return None, f"HF_HUB_OFFLINE is set and {name} is not in the local Hugging Face cache"
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+    except OSError as err:
+        return None, f"huggingface.co is not reachable ({err})"
+    try:
+        return GPT2LMHeadModel.from_pretrained(name), None
+    except (OSError, ValueError) as err:
+        return None, f"downloading {name} failed ({err})"

@@ -146,3 +146,38 @@ def test_course_base_model_is_published_and_loads(monkeypatch):
     assert sum(losses) / 5 < entry["final_val_loss"] + 0.15 < 2.0
     out = generate(model, torch.tensor([tok.encode("ROMEO:\n")]), 40, temperature=0.0)
     assert tok.decode(out[0].tolist()).startswith("ROMEO:\n")
+
+
+def test_load_hf_gpt2_offline_returns_a_reason(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, reason = hub.load_hf_gpt2()
+    assert model is None and "HF_HUB_OFFLINE" in reason
+
+
+def test_load_hf_gpt2_unreachable_hub_returns_a_reason(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+
+    def unreachable(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(hub.socket, "create_connection", unreachable)
+    model, reason = hub.load_hf_gpt2(timeout=0.1)
+    assert model is None and "not reachable" in reason and "unreachable" in reason
+
+
+def test_load_hf_gpt2_prefers_the_local_cache(monkeypatch):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tiny = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=8, vocab_size=16, n_positions=8))
+    calls = []
+
+    def from_pretrained(name, **kwargs):
+        calls.append((name, kwargs))
+        return tiny
+
+    monkeypatch.setattr(GPT2LMHeadModel, "from_pretrained", from_pretrained)
+    model, reason = hub.load_hf_gpt2("gpt2")
+    assert model is tiny and reason is None and calls == [("gpt2", {"local_files_only": True})]
