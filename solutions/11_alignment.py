@@ -749,6 +749,11 @@ check_close(
 # every prompt, only the best and the worst of its four samples (one pair per prompt, as many
 # DPO datasets do). The policy starts as a copy of the base model, which is also the frozen
 # reference. Every few steps we measure reward and KL on the held-out prompts.
+#
+# In the InstructGPT recipe the starting point, the KL reference and the opponent in
+# win-rates is the *SFT* model. Our task needs no instruction format (the prompts are line
+# openings from the corpus and the model simply continues them), so there is no separate SFT
+# stage: the pretrained base model plays the SFT model's role in everything below.
 
 # %% tags=["demo"]
 dpo_pairs = []
