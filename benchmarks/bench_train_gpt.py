@@ -9,9 +9,10 @@ one process, from the same initial weights and the same data:
 * ``trainer`` variants: :class:`llmcourse.train.Trainer` with the library's AdamW, in eager
   mode, with ``torch.compile`` and/or bfloat16 autocast (``--variants``).
 
-The runs are interleaved in chunks of 25 iterations, so that a machine whose
-load varies (a shared CI runner, a laptop) slows them alike. For each run it prints ms/iteration and tokens/s (evaluation time excluded, first iterations
-excluded as warm-up), the peak resident memory during the run, the final validation loss on
+The runs are interleaved in chunks of 25 iterations, so that a machine whose load varies (a
+shared CI runner, a laptop) slows them alike. For each run it prints the median ms/iteration
+and the tokens/s it implies (evaluation time and warm-up iterations excluded; the mean is in
+the JSON output), the peak resident memory during the run, the final validation loss on
 the same 200 validation batches, and the share of the machine's measured fp32 matmul FLOP/s
 the training reaches (model FLOPs per token = 6 N + 12 L d T, as in nanoGPT's MFU estimate).
 
@@ -134,12 +135,14 @@ class Result:
 
     def summary(self, tokens_per_iter: int, warmup: int, fpt: float, peak_flops: float) -> dict:
         steady = self.step_times[warmup:] or self.step_times
-        mean = statistics.fmean(steady)
-        tps = tokens_per_iter / mean
+        mean, median = statistics.fmean(steady), statistics.median(steady)
+        # throughput from the median step, like ms/iter: a busy machine's stalls (another
+        # process taking the cores for seconds) would otherwise dominate the mean
+        tps = tokens_per_iter / median
         return {
             "name": self.name,
             "iters": len(self.step_times),
-            "ms_per_iter_median": 1000 * statistics.median(steady),
+            "ms_per_iter_median": 1000 * median,
             "ms_per_iter_mean": 1000 * mean,
             "tokens_per_s": tps,
             "first_step_s": self.first_step_time,

@@ -77,7 +77,7 @@ from torch import nn
 
 import llmcourse
 from llmcourse.checks import ExerciseFailure, check_close, check_equal, check_shape
-from llmcourse.data import DataUnavailableError, RandomBatches, cache_dir, load_text
+from llmcourse.data import DataUnavailableError, RandomBatches, load_text
 from llmcourse.display import glue
 from llmcourse.generation import (
     apply_penalties,
@@ -87,7 +87,7 @@ from llmcourse.generation import (
     top_k_filter,
     top_p_filter,
 )
-from llmcourse.hub import load_pretrained, repo_checkpoints_dir
+from llmcourse.hub import load_pretrained, pretrained_metadata
 from llmcourse.models.gpt import GPT, GPTConfig, LMOutput
 from llmcourse.nn import (
     LayerKVCache,
@@ -97,7 +97,7 @@ from llmcourse.nn import (
 )
 from llmcourse.optim import AdamW, WarmupCosine, weight_decay_groups
 from llmcourse.tokenizers import CharTokenizer
-from llmcourse.train import Trainer, TrainerConfig, read_checkpoint_meta
+from llmcourse.train import Trainer, TrainerConfig
 
 # The models here are small: one thread avoids the cost of handing each small matrix product to
 # several threads, which dominates on a busy CPU.
@@ -255,7 +255,6 @@ print(
 )
 glue("causal_prefix_diff", f"{diff[:prefix].max():.1e}")
 
-
 # %% [markdown]
 # Inside the shared prefix the largest logit difference is {glue:text}`causal_prefix_diff`:
 # what the model says about position $t$ cannot depend on anything after $t$.
@@ -280,16 +279,6 @@ glue("causal_prefix_diff", f"{diff[:prefix].max():.1e}")
 # the cells that need it print a message instead.
 
 # %% tags=["demo"]
-def pretrained_metadata(name: str) -> dict:
-    """checkpoint.json of a course checkpoint that load_pretrained has found (clone or cache)."""
-    for folder in (repo_checkpoints_dir(), cache_dir() / "checkpoints"):
-        if folder is not None and (folder / "manifest.json").is_file():
-            manifest = json.loads((folder / "manifest.json").read_text())
-            if name in manifest:
-                return read_checkpoint_meta(folder / manifest[name].get("path", name))
-    raise FileNotFoundError(f"no manifest lists the checkpoint {name!r}")
-
-
 try:
     base_model, base_tok = load_pretrained("gpt-shakespeare-char")
     base_meta = pretrained_metadata("gpt-shakespeare-char")

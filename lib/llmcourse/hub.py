@@ -33,6 +33,7 @@ from llmcourse.utils import resolve_device
 __all__ = [
     "load_pretrained",
     "load_hf_gpt2",
+    "pretrained_metadata",
     "load_from_directory",
     "build_model",
     "list_pretrained",
@@ -198,13 +199,24 @@ def load_pretrained(
     Uses the clone's ``checkpoints/`` folder when present, otherwise downloads the files from
     the repository (verified by sha256) into the cache. The model is in eval mode on ``device``.
     """
+    return load_from_directory(_locate(name, timeout), device)
+
+
+def pretrained_metadata(name: str, *, timeout: float = 60.0) -> dict[str, Any]:
+    """The metadata of the course checkpoint ``name``: step, config, training command, losses.
+
+    Found (and verified) exactly as :func:`load_pretrained` finds the weights.
+    """
+    return read_checkpoint_meta(_locate(name, timeout))
+
+
+def _locate(name: str, timeout: float) -> Path:
+    """The verified local directory of checkpoint ``name`` (the clone's, else downloaded)."""
     folder = repo_checkpoints_dir()
     if folder is not None:  # a clone: its manifest is authoritative (git pull for newer ones)
         manifest = _read_manifest(folder / MANIFEST)
-        directory = _check_local(folder, _entry(manifest, name, str(folder / MANIFEST)), name)
-    else:
-        directory = _download_entry(name, timeout)
-    return load_from_directory(directory, device)
+        return _check_local(folder, _entry(manifest, name, str(folder / MANIFEST)), name)
+    return _download_entry(name, timeout)
 
 
 def _env_flag(name: str) -> bool:

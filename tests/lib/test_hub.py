@@ -181,3 +181,13 @@ def test_load_hf_gpt2_prefers_the_local_cache(monkeypatch):
     monkeypatch.setattr(GPT2LMHeadModel, "from_pretrained", from_pretrained)
     model, reason = hub.load_hf_gpt2("gpt2")
     assert model is tiny and reason is None and calls == [("gpt2", {"local_files_only": True})]
+
+
+def test_pretrained_metadata_matches_the_manifest():
+    meta = hub.pretrained_metadata("gpt-shakespeare-char")
+    entry = json.loads((ROOT / "checkpoints" / "manifest.json").read_text())["gpt-shakespeare-char"]
+    assert meta["step"] == entry["step"] == 2000
+    assert meta["model_config"] == entry["model_config"]
+    assert meta["config"]["optim"] == entry["config"]["optim"]
+    with pytest.raises(KeyError, match="unknown pretrained checkpoint 'nope'"):
+        hub.pretrained_metadata("nope")
