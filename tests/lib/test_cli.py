@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -124,7 +125,9 @@ def test_config_errors_name_the_problem(tmp_path):
         load_run_config(tmp_path / "missing.toml")
 
 
-@pytest.mark.parametrize("name", ["gpt_shakespeare_char", "nanogpt_cpu_bench"])
+@pytest.mark.parametrize(
+    "name", ["gpt_shakespeare_char", "nanogpt_cpu_bench", "nanogpt_cpu_bench_tuned"]
+)
 def test_shipped_configs_are_valid(name):
     cfg = load_run_config(ROOT / "configs" / f"{name}.toml")
     assert isinstance(cfg, RunConfig) and cfg.train.max_steps >= 2000
@@ -145,3 +148,12 @@ def test_nanogpt_config_is_the_published_one():
         cfg.train.max_steps,
         cfg.optim.decay_steps,
     ) == (64, 12, 2000, 2000)
+
+
+def test_tuned_benchmark_config_changes_only_the_learning_rate():
+    """The tuned benchmark config is nanoGPT's, except for the peak and final learning rate."""
+    plain = load_run_config(ROOT / "configs" / "nanogpt_cpu_bench.toml")
+    tuned = load_run_config(ROOT / "configs" / "nanogpt_cpu_bench_tuned.toml")
+    assert (tuned.optim.lr, tuned.optim.min_lr) == (4e-3, 4e-4)
+    same_lr = dataclasses.replace(tuned.optim, lr=plain.optim.lr, min_lr=plain.optim.min_lr)
+    assert dataclasses.replace(tuned, optim=same_lr) == plain
