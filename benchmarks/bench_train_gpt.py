@@ -10,8 +10,8 @@ one process, from the same initial weights and the same data:
   mode, with ``torch.compile`` and/or bfloat16 autocast (``--variants``).
 
 ``configs/nanogpt_cpu_bench_tuned.toml`` is the same run at the peak learning rate that
-``benchmarks/sweep_lr.py`` picks on a dev split (4e-3 instead of nanoGPT's 1e-3): nanoGPT's own
-hyperparameters give a validation loss of about 1.89 here, the tuned rate about 1.76.
+``benchmarks/sweep_lr.py`` picks on a dev split (3e-3 instead of nanoGPT's 1e-3): nanoGPT's own
+hyperparameters give a validation loss of about 1.89 here, the tuned rate about 1.77.
 
 The runs are interleaved in chunks of 25 iterations, so that a machine whose load varies (a
 shared CI runner, a laptop) slows them alike. For each run it prints the median ms/iteration

@@ -12,7 +12,10 @@ from coursegrader.project import repository
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAPTERS = [p.stem for p in source.chapter_sources(ROOT)]
-BOOK_PAGES = ["book/intro", "book/setup", "book/grading_students", "book/notation", "book/bibliography"]
+BOOK_PAGES = [
+    "book/intro", "book/setup", "book/grading_students", "book/notation", "book/bibliography",
+    "book/grading_instructors", "book/kernels_on_gpu", "book/performance",
+]
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 

@@ -15,6 +15,7 @@ VARIANTS = [
     dict(positions="rope", norm="rmsnorm", mlp="swiglu", tie_weights=False, bias=False),
     dict(positions="rope", norm="layernorm", mlp="gelu", tie_weights=True, bias=True),
     dict(positions="learned", norm="rmsnorm", mlp="swiglu", tie_weights=False, bias=True),
+    dict(positions="learned", norm="layernorm", mlp="gelu_exact", tie_weights=True, bias=False),
 ]
 
 
@@ -43,6 +44,24 @@ def hf_gpt2() -> GPT2LMHeadModel:
             if ".ln_" in name:
                 p.add_(0.1 * torch.randn_like(p))  # so LayerNorm weights/biases are really tested
     return model
+
+
+@pytest.mark.parametrize("mlp, approximate", [("gelu", "tanh"), ("gelu_exact", "none")])
+def test_gelu_mlp_variants_use_the_named_gelu(mlp: str, approximate: str) -> None:
+    """mlp="gelu" is GPT-2's tanh GELU, mlp="gelu_exact" the erf GELU (nanoGPT, BERT)."""
+    torch.manual_seed(0)
+    ffn = GPT(_tiny(mlp=mlp)).blocks[0].mlp
+    x = 40 * torch.randn(2, 5, 32)  # (B, T, C); large, so pre-activations reach |h| ~ 1-3
+    fc1, fc2 = ffn.fc1, ffn.fc2
+    expected = F.linear(
+        F.gelu(F.linear(x, fc1.weight, fc1.bias), approximate=approximate), fc2.weight, fc2.bias
+    )
+    torch.testing.assert_close(ffn(x), expected, rtol=0, atol=1e-6)
+    other = "none" if approximate == "tanh" else "tanh"
+    wrong = F.linear(
+        F.gelu(F.linear(x, fc1.weight, fc1.bias), approximate=other), fc2.weight, fc2.bias
+    )
+    assert (ffn(x) - wrong).abs().max() > 1e-5  # the two GELUs differ by up to ~1e-3
 
 
 def test_config_round_trip_and_validation() -> None:

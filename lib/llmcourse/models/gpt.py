@@ -51,7 +51,7 @@ __all__ = ["GPTConfig", "GPT", "LMOutput", "Block", "swiglu_hidden", "lm_loss", 
 
 _POSITIONS = ("learned", "rope")
 _NORMS = ("layernorm", "rmsnorm")
-_MLPS = ("gelu", "swiglu")
+_MLPS = ("gelu", "gelu_exact", "swiglu")
 _INDEX_DTYPES = (torch.int64, torch.int32)
 
 
@@ -60,7 +60,8 @@ class GPTConfig:
     """Hyperparameters of :class:`GPT`.
 
     ``positions``: "learned" (GPT-2) or "rope" (LLaMA). ``norm``: "layernorm" or "rmsnorm".
-    ``mlp``: "gelu" (4*n_embd hidden units, GPT-2's tanh-approximated GELU) or "swiglu"
+    ``mlp``: "gelu" (4*n_embd hidden units, GPT-2's tanh-approximated GELU), "gelu_exact"
+    (the same with the erf GELU, as nanoGPT and BERT; about twice as fast on CPU) or "swiglu"
     (:func:`swiglu_hidden` units, about the same parameter count). ``bias``: biases in the
     linear layers and LayerNorms. ``tie_weights``: the output layer shares the token embedding.
     """
@@ -210,7 +211,7 @@ class Block(nn.Module):
             self.mlp = FeedForward(
                 config.n_embd,
                 4 * config.n_embd,
-                "gelu_tanh",
+                "gelu_tanh" if config.mlp == "gelu" else "gelu",
                 bias=config.bias,
                 dropout=config.dropout,
             )
