@@ -12,7 +12,7 @@ This is how ``configs/nanogpt_cpu_bench_tuned.toml`` got its learning rate:
     python benchmarks/sweep_lr.py                     # grid 1e-3 .. 6e-3, seeds 101 and 102
     python benchmarks/sweep_lr.py --lrs 2e-3,4e-3 --seeds 7 --iters 500   # a quick look
 
-Each run of nanoGPT's CPU configuration takes about 70 s on a 2-core machine (12 runs: ~15 min).
+Each run of nanoGPT's CPU configuration takes 70-100 s on a 2-core machine (12 runs: 15-20 min).
 """
 
 from __future__ import annotations

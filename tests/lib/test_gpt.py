@@ -52,15 +52,13 @@ def test_gelu_mlp_variants_use_the_named_gelu(mlp: str, approximate: str) -> Non
     torch.manual_seed(0)
     ffn = GPT(_tiny(mlp=mlp)).blocks[0].mlp
     x = 40 * torch.randn(2, 5, 32)  # (B, T, C); large, so pre-activations reach |h| ~ 1-3
-    fc1, fc2 = ffn.fc1, ffn.fc2
-    expected = F.linear(
-        F.gelu(F.linear(x, fc1.weight, fc1.bias), approximate=approximate), fc2.weight, fc2.bias
-    )
-    torch.testing.assert_close(ffn(x), expected, rtol=0, atol=1e-6)
-    other = "none" if approximate == "tanh" else "tanh"
-    wrong = F.linear(
-        F.gelu(F.linear(x, fc1.weight, fc1.bias), approximate=other), fc2.weight, fc2.bias
-    )
+
+    def mlp_with(approx: str) -> torch.Tensor:
+        h = F.gelu(F.linear(x, ffn.fc1.weight, ffn.fc1.bias), approximate=approx)
+        return F.linear(h, ffn.fc2.weight, ffn.fc2.bias)
+
+    torch.testing.assert_close(ffn(x), mlp_with(approximate), rtol=0, atol=1e-6)
+    wrong = mlp_with("none" if approximate == "tanh" else "tanh")
     assert (ffn(x) - wrong).abs().max() > 1e-5  # the two GELUs differ by up to ~1e-3
 
 
